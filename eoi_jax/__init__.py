@@ -6,11 +6,14 @@ composing random Givens rotations; their support is the layer's mask.
 """
 
 from eoi_jax import allocation
+from eoi_jax import baselines
 from eoi_jax import givens
 from eoi_jax import initializers
 from eoi_jax import isometry
 from eoi_jax import masking
+from eoi_jax import methods
 from eoi_jax import pruning
+from eoi_jax import sao
 from eoi_jax.eoi import center_density_for
 from eoi_jax.eoi import eoi_batch
 from eoi_jax.eoi import sparse_delta_orthogonal
@@ -22,6 +25,8 @@ from eoi_jax.masking import apply_masks
 from eoi_jax.masking import magnitude_masks
 from eoi_jax.masking import mask_densities
 from eoi_jax.masking import random_masks
+from eoi_jax.methods import initialize
+from eoi_jax.methods import initialize_model
 from eoi_jax.optim import StaticSparseState
 from eoi_jax.optim import sparse_optimizer
 from eoi_jax.optim import static_sparse
@@ -39,19 +44,24 @@ __all__ = [
     "StaticSparseState",
     "allocation",
     "apply_masks",
+    "baselines",
     "center_density_for",
     "eoi_batch",
     "eoi_params",
     "givens",
     "givens_orthogonal",
+    "initialize",
+    "initialize_model",
     "initializers",
     "isometry",
     "magnitude_masks",
     "mask_densities",
     "masking",
+    "methods",
     "pruning",
     "random_masks",
     "rotation_sequence",
+    "sao",
     "sparse_delta_orthogonal",
     "sparse_optimizer",
     "sparse_orthogonal",

@@ -28,13 +28,14 @@ class Config:
   width: Optional[int] = None
   activation: Optional[str] = None
   # Sparse initialisation.
-  init: str = "eoi"  # eoi | dense | random | snip | grasp | synflow | ai | <method>+eoi | <method>+ai
+  init: str = "eoi"  # any of eoi_jax.methods.METHODS: eoi, dense, uniform, erk, sao, snip, ... +eoi/+ai
   density: float = 0.1
   allocator: str = "uniform"  # uniform | erk | uniform_dense_ends
   gain: float = 1.0  # sigma_w
   bias_std: float = 0.0  # sigma_b
   center_density: Optional[Union[float, str]] = None  # conv centre tap: None | "sqrt" | float
   ai_steps: int = 10_000  # approximate-isometry steps for init=ai / <method>+ai
+  sao_degree: Optional[int] = None  # init=sao: one degree for all sparse layers (default: density)
   # Optimisation.
   optimizer: str = "sgd"  # sgd | adam | adamw
   lr: float = 0.01
@@ -119,12 +120,12 @@ def make_config(base: str = "mnist_mlp", **overrides) -> Config:
 
 def validate(config: Config) -> Config:
   """Checks values and names; raises ``ValueError`` naming the field."""
-  from eoi_jax import allocation, data, models  # late: keep config importable fast
+  from eoi_jax import allocation, data, methods, models  # late: keep config importable fast
 
   checks = [
       (config.dataset in data.DATASETS, f"dataset must be one of {list(data.DATASETS)}"),
       (config.model in models.MODELS, f"model must be one of {list(models.MODELS)}"),
-      (config.init in INIT_METHODS, f"init must be one of {list(INIT_METHODS)}"),
+      (config.init in methods.METHODS, f"init must be one of {list(methods.METHODS)}"),
       (config.allocator in allocation.ALLOCATORS,
        f"allocator must be one of {sorted(allocation.ALLOCATORS)}"),
       (config.activation is None or config.activation in models.ACTIVATIONS,
@@ -143,6 +144,7 @@ def validate(config: Config) -> Config:
       (config.devices is None or config.devices >= 1, "devices must be >= 1"),
       (config.log_every >= 1, "log_every must be >= 1"),
       (config.ai_steps >= 1, "ai_steps must be >= 1"),
+      (config.sao_degree is None or config.sao_degree >= 1, "sao_degree must be >= 1"),
   ]
   for ok, message in checks:
     if not ok:
@@ -150,6 +152,3 @@ def validate(config: Config) -> Config:
       raise ValueError(f"{message}, got {getattr(config, field)!r}")
   return config
 
-
-INIT_METHODS = ("eoi", "dense", "random", "snip", "grasp", "synflow", "random+eoi", "snip+eoi",
-                "grasp+eoi", "synflow+eoi", "ai", "snip+ai", "grasp+ai", "synflow+ai")

@@ -41,10 +41,8 @@ import numpy as np
 import optax
 from flax import nnx
 
-from eoi_jax import (allocation, baselines, data, diagnostics, isometry, masking, models, optim,
-                     pruning)
+from eoi_jax import data, diagnostics, methods, models, optim
 from eoi_jax.config import Config, validate
-from eoi_jax.sparse_init import eoi_params
 from eoi_jax.summary import sparsity_summary
 
 
@@ -82,81 +80,18 @@ def make_schedule(config: Config, total_steps: int):
 def sparse_initialize(config: Config, model, key, batch=None):
   """Initialises ``model`` in place by ``config.init``; returns ``(masks, summary)``.
 
-  * ``eoi``: EOI at the allocator's per-layer densities.
-  * ``dense``: dense (delta-)orthogonal values, no mask.
-  * ``random``: dense (delta-)orthogonal values with a uniformly random mask
-    at the allocator's densities.
-  * ``snip``, ``grasp``, ``synflow``: dense (delta-)orthogonal values pruned
-    by that method (:mod:`eoi_jax.pruning`) to the overall density; SNIP and
-    GraSP score ``batch`` ``(x, labels)``.
-  * ``<method>+eoi`` (``random``, ``snip``, ``grasp``, ``synflow``): that
-    method's per-layer densities, regenerated with EOI (a layer the method
-    empties gets EOI's sparsest pattern).
-  * ``ai`` (``random+ai``) and ``<method>+ai``: that mask, then approximate
-    isometry (:mod:`eoi_jax.isometry`) for ``config.ai_steps`` steps.
+  ``config.init`` is any name of :data:`eoi_jax.methods.METHODS`, run by
+  :func:`eoi_jax.methods.initialize_model` with the config's density,
+  allocator, gain, bias and method options; SNIP and GraSP score ``batch``
+  ``(x, labels)``, SynFlow an all-ones input of its image shape.
   """
-  params = nnx.state(model, nnx.Param)
-  spec = model.sparsity_spec()
-  stacked = spec.stacked
-  init_key, mask_key, eoi_key = jax.random.split(key, 3)
-  method, _, then = config.init.partition("+")
-  if method == "ai":
-    method, then = "random", "ai"
-
-  def allocated():
-    kwargs = {"stacked": stacked}
-    if config.allocator == "uniform_dense_ends":
-      kwargs["dense"] = list(spec.ends)
-    return allocation.allocate(config.allocator, params, config.density, **kwargs)
-
-  def with_eoi(densities):
-    densities = {k: np.maximum(v, 1e-12) for k, v in densities.items()}
-    out = eoi_params(eoi_key, params, densities, gain=config.gain, bias_std=config.bias_std,
-                     center_density=config.center_density, stacked=stacked)
-    return out.params, out.masks, densities
-
-  if method == "eoi":
-    params, masks, requested = with_eoi(allocated())
-  else:
-    params = baselines.orthogonal_params(init_key, params, gain=config.gain,
-                                         bias_std=config.bias_std, stacked=stacked)
-    if method == "dense":
-      masks = masking.full_masks(params, stacked=stacked)
-      requested = {l.name: 1.0 for l in masking.layers(params, stacked=stacked)}
-    else:
-      if method == "random":
-        requested = allocated()
-        masks = masking.random_masks(mask_key, params, requested, stacked=stacked)
-      else:
-        masks = _prune(method, config, model, params, batch, stacked)
-        requested = masking.mask_densities(params, masks, stacked=stacked)
-      if then == "eoi":
-        params, masks, requested = with_eoi(masking.mask_densities(params, masks, stacked=stacked))
-      else:
-        params = masking.apply_masks(params, masks)
-      if then == "ai":
-        params, _ = isometry.approximate_isometry(params, masks, gain=config.gain,
-                                                  steps=config.ai_steps, stacked=stacked)
-  nnx.update(model, params)
-  return masks, sparsity_summary(params, masks, requested, stacked=stacked)
-
-
-def _prune(method, config, model, params, batch, stacked):
-  """Masks from a pruning-at-init method, scoring the model in eval mode."""
-  model.eval()
-  graphdef, _, rest = nnx.split(model, nnx.Param, ...)
-  model.train()
-
-  def apply_fn(p, x):
-    return nnx.merge(graphdef, p, rest)(x)
-
-  if method == "synflow":
-    shape = data.INFO[config.dataset].image_shape
-    return pruning.synflow(params, apply_fn, shape, config.density, stacked=stacked)
-  if batch is None:
-    raise ValueError(f"init={config.init!r} needs a batch of training data")
-  prune = pruning.snip if method == "snip" else pruning.grasp
-  return prune(params, apply_fn, batch, config.density, stacked=stacked)
+  out = methods.initialize_model(
+      config.init, key, model, config.density, batch=batch,
+      allocator=config.allocator,
+      gain=config.gain, bias_std=config.bias_std, center_density=config.center_density,
+      ai_steps=config.ai_steps, sao_degree=config.sao_degree)
+  nnx.update(model, out.params)
+  return out.masks, out.summary
 
 
 def _weighted_loss(logits, labels, weights):

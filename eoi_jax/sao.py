@@ -1,0 +1,233 @@
+"""Sparsity-aware orthogonal initialisation (SAO, Esguerra et al. 2023).
+
+SAO fixes a degree-regular bipartite graph between a layer's inputs and
+outputs and puts orthogonal values on its edges. For the wide ``rows x cols``
+matrix (``rows = min(in, out)``, ``cols = max(in, out)``) at degree ``d``:
+
+* the columns are split at random into ``cols / d`` groups of ``d``;
+* the rows are split at random into as many groups of ``a = rows * d / cols``;
+* row group ``g`` is supported on column group ``g`` alone, with the ``a``
+  orthonormal rows of a Haar-random ``a x d`` matrix as its values.
+
+Every row then has exactly ``d`` non-zeros and every column exactly ``a``
+(the graph is ``(d, a)``-biregular, a disjoint union of complete bipartite
+blocks, as in the authors' construction), and rows in different groups have
+disjoint supports, so the matrix has orthonormal rows. The density is
+``d / cols``.
+
+Restrictions, as in the method: ``d`` must divide ``cols`` and ``rows * d``
+must be a multiple of ``cols``, so only some densities exist for a shape
+(:func:`valid_degrees`); a 784 -> 100 layer, say, admits only densities 0.25,
+0.5 and 1. The authors keep the input layer and the classifier dense and
+orthogonal; :func:`sao_params` does the same for the layers named in
+``dense``, and raises for any other layer that admits no requested degree.
+
+Conv kernels (``(*spatial, in, out)``, odd spatial sizes) get the SAO matrix
+at the centre tap, zeros elsewhere, and the mask broadcast over all taps (each
+``(in, out)`` pair is kept at every tap or at none).
+
+Example:
+  >>> w, m = sao_kernel(jax.random.key(0), (128, 128), degree=16)  # density 0.125
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from eoi_jax import _checks, masking, summary
+from eoi_jax._counts import count_for_density
+from eoi_jax.baselines import delta_orthogonal
+from eoi_jax.eoi import compute_dtype
+from eoi_jax.masking import Filter, Stacked
+from eoi_jax.sparse_init import SparseInit, regenerate_layers
+
+
+def _wide(shape):
+  fan_in, fan_out = shape[-2:]
+  return min(fan_in, fan_out), max(fan_in, fan_out)
+
+
+def _check_kernel_shape(shape):
+  shape = _checks.check_shape(shape, (2, 3, 4, 5))
+  if any(k % 2 == 0 for k in shape[:-2]):
+    raise ValueError(f"shape must have odd spatial sizes for SAO's centre tap, got {shape}")
+  return shape
+
+
+def valid_degrees(shape) -> tuple[int, ...]:
+  """Degrees SAO can build for a kernel of ``shape`` (``(..., in, out)``).
+
+  A degree ``d`` (non-zeros per row of the wide matrix) is valid when it
+  divides ``cols = max(in, out)`` and ``min(in, out) * d`` is a multiple of
+  ``cols``. The density of degree ``d`` is ``d / cols``.
+  """
+  rows, cols = _wide(_check_kernel_shape(shape))
+  return tuple(d for d in range(1, cols + 1) if cols % d == 0 and (rows * d) % cols == 0)
+
+
+def _invalid_degree_message(shape, degree, what):
+  rows, cols = _wide(shape)
+  options = ", ".join(f"{d} (density {d / cols:.4g})" for d in valid_degrees(shape))
+  return (f"{what} gives degree {degree}, which SAO cannot build for a kernel of shape "
+          f"{tuple(shape)}: the degree must divide max(in, out) = {cols} and "
+          f"min(in, out) * degree must be a multiple of it. Valid degrees: {options}. "
+          "Keep such a layer dense (sao_params' `dense`) or pick a valid degree.")
+
+
+def check_degree(shape, degree) -> int:
+  """Returns ``degree`` as an int after checking SAO can build it for ``shape``."""
+  shape = _check_kernel_shape(shape)
+  if isinstance(degree, bool) or not isinstance(degree, (int, np.integer)):
+    raise ValueError(f"degree must be a positive int, got {degree!r}")
+  degree = int(degree)
+  if degree not in valid_degrees(shape):
+    raise ValueError(_invalid_degree_message(shape, degree, f"degree={degree}"))
+  return degree
+
+
+def degree_for_density(shape, density) -> int:
+  """The SAO degree nearest ``density * max(in, out)`` (half rounds up).
+
+  Raises:
+    ValueError: the density is outside (0, 1], or the nearest degree is not
+      valid for ``shape`` (the message lists the valid ones).
+  """
+  shape = _check_kernel_shape(shape)
+  d = _checks.check_density(density)
+  _, cols = _wide(shape)
+  degree = count_for_density(d, cols)
+  if degree not in valid_degrees(shape):
+    raise ValueError(_invalid_degree_message(shape, degree, f"density={density!r}"))
+  return degree
+
+
+def _wide_matrix(key, rows, cols, degree, dtype):
+  """The ``rows x cols`` SAO matrix with orthonormal rows at ``degree``."""
+  groups, per_group = cols // degree, rows * degree // cols
+  key_cols, key_rows, key_values = jax.random.split(key, 3)
+  col_groups = jax.random.permutation(key_cols, cols).reshape(groups, 1, degree)
+  row_groups = jax.random.permutation(key_rows, rows).reshape(groups, per_group, 1)
+  orthonormal_rows = jax.nn.initializers.orthogonal()
+  values = jax.vmap(lambda k: orthonormal_rows(k, (per_group, degree), dtype))(
+      jax.random.split(key_values, groups))
+  return jnp.zeros((rows, cols), dtype).at[row_groups, col_groups].set(values)
+
+
+def sao_kernel(key, shape, *, degree: int | None = None, density=None, gain=1.0,
+               dtype=jnp.float32):
+  """SAO weight and mask for a dense or conv kernel.
+
+  Args:
+    key: a ``jax.random`` key.
+    shape: ``(in, out)`` or ``(*spatial, in, out)`` with odd spatial sizes.
+    degree: non-zeros per row of the wide ``min(in, out) x max(in, out)``
+      matrix; see :func:`valid_degrees`. Give ``degree`` or ``density``.
+    density: converted by :func:`degree_for_density`.
+    gain: non-zero scale ``sigma_w``.
+    dtype: float dtype of the weight.
+
+  Returns:
+    ``(weight, mask)``. The centre tap ``W`` (the whole kernel for 2-D)
+    satisfies ``W @ W.T == gain**2 I`` if ``in <= out`` and
+    ``W.T @ W == gain**2 I`` if ``in >= out``; every row of the wide matrix
+    has ``degree`` non-zeros and every column ``min * degree / max``. The
+    bool mask is that support, broadcast over all spatial taps.
+
+  Example:
+    >>> w, m = sao_kernel(jax.random.key(0), (3, 3, 64, 128), density=0.125)
+  """
+  shape = _check_kernel_shape(shape)
+  if (degree is None) == (density is None):
+    raise ValueError(f"give exactly one of degree and density, got degree={degree!r}, "
+                     f"density={density!r}")
+  degree = check_degree(shape, degree) if degree is not None else degree_for_density(shape,
+                                                                                     density)
+  _checks.check_gain(gain)
+  fan_in, fan_out = shape[-2:]
+  rows, cols = _wide(shape)
+  wide = _wide_matrix(key, rows, cols, degree, compute_dtype(dtype))
+  center = (gain * (wide.T if fan_in >= fan_out else wide)).astype(dtype)
+  center_mask = center != 0
+  if len(shape) == 2:
+    return center, center_mask
+  index = tuple(k // 2 for k in shape[:-2])
+  weight = jnp.zeros(shape, dtype).at[index].set(center)
+  return weight, jnp.broadcast_to(center_mask, shape)
+
+
+def sao_params(key, params, *, density=None, degree: int | None = None,
+               dense: Sequence[str] = (), gain=1.0, bias_std=0.0,
+               filter: Filter | None = None, stacked: Stacked = None) -> SparseInit:
+  """SAO for every maskable layer of a network, the ``dense`` layers kept dense.
+
+  Args:
+    key: a ``jax.random`` key (kernels and biases as in
+      :func:`eoi_jax.sparse_init.regenerate_layers`).
+    params: params tree (dict or ``nnx.State``).
+    density: one density for all sparse layers, converted per layer by
+      :func:`degree_for_density`; or
+    degree: one degree for all sparse layers (the authors' setting, e.g. 16
+      for width 128).
+    dense: layer names kept dense with (delta-)orthogonal values and a full
+      mask; the authors keep the first and the last layer dense.
+    gain: ``sigma_w``.
+    bias_std: biases beside the kernels are drawn from ``N(0, bias_std**2)``.
+    filter, stacked: as in :func:`eoi_jax.masking.layers`.
+
+  Returns:
+    A :class:`eoi_jax.sparse_init.SparseInit`; its summary's requested
+    density is each sparse layer's ``degree / max(in, out)`` (1 for dense
+    layers).
+
+  Raises:
+    ValueError: a sparse layer admits no such degree (the message names the
+      layer and lists its valid degrees), or ``dense`` names no maskable layer.
+  """
+  if (degree is None) == (density is None):
+    raise ValueError(f"give exactly one of degree and density, got degree={degree!r}, "
+                     f"density={density!r}")
+  _checks.check_gain(gain)
+  layer_list = masking.layers(params, filter, stacked)
+  names = {l.name for l in layer_list}
+  unknown = sorted(set(dense) - names)
+  if unknown:
+    raise ValueError(f"dense names no maskable layers: {unknown}; maskable: {sorted(names)}")
+  degrees = {}
+  for layer in layer_list:
+    if layer.name in dense:
+      continue
+    try:
+      degrees[layer.name] = (check_degree(layer.shape, degree) if degree is not None
+                             else degree_for_density(layer.shape, density))
+    except ValueError as e:
+      raise ValueError(f"layer {layer.name!r}: {e}") from None
+
+  def generate(keys, shape, dtype, group):
+    weights, masks, start = [], [], 0
+    for layer in group:
+      layer_keys = keys[start:start + layer.num_layers]
+      start += layer.num_layers
+      if layer.name in degrees:
+        w, m = jax.jit(jax.vmap(lambda k, d=degrees[layer.name]: sao_kernel(
+            k, shape, degree=d, gain=gain, dtype=dtype)))(layer_keys)
+      else:
+        w = jax.jit(jax.vmap(lambda k: delta_orthogonal(k, shape, gain, dtype)))(layer_keys)
+        m = jnp.ones(w.shape, bool)
+      weights.append(w)
+      masks.append(m)
+    return jnp.concatenate(weights), jnp.concatenate(masks)
+
+  new_params, outputs = regenerate_layers(key, params, generate, bias_std=bias_std,
+                                          filter=filter, stacked=stacked)
+  mask_tree = masking.map_layers(lambda layer, leaf: outputs[layer.name][1], params, filter,
+                                 stacked)
+  requested = {
+      l.name: (degrees[l.name] / _wide(l.shape)[1] if l.name in degrees else 1.0)
+      for l in layer_list
+  }
+  report = summary.sparsity_summary(new_params, mask_tree, requested, filter, stacked)
+  return SparseInit(new_params, mask_tree, report)
