@@ -13,6 +13,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 
@@ -29,6 +31,12 @@ def delta_orthogonal(key, shape, gain=1.0, dtype=jnp.float32):
     return center.astype(dtype)
   index = tuple(k // 2 for k in shape[:-2])
   return jnp.zeros(shape, dtype).at[index].set(center.astype(dtype))
+
+
+@functools.partial(jax.jit, static_argnames=("shape", "dtype"))
+def delta_orthogonal_batch(keys, shape, gain=1.0, dtype=jnp.float32):
+  """:func:`delta_orthogonal` for each key of ``keys`` (``(B,)``), in one call."""
+  return jax.vmap(lambda k: delta_orthogonal(k, shape, gain, dtype))(keys)
 
 
 def _haar(key, n, dtype=jnp.float32):
@@ -145,7 +153,7 @@ def orthogonal_params(key, params, *, gain=1.0, bias_std=0.0, filter: Filter | N
   _checks.check_gain(gain)
 
   def generate(keys, shape, dtype, group):
-    return (jax.jit(jax.vmap(lambda k: delta_orthogonal(k, shape, gain, dtype)))(keys),)
+    return (delta_orthogonal_batch(keys, shape, gain, dtype),)
 
   new_params, _ = regenerate_layers(key, params, generate, bias_std=bias_std, filter=filter,
                                     stacked=stacked)

@@ -32,6 +32,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 from typing import Sequence
 
 import jax
@@ -40,7 +41,7 @@ import numpy as np
 
 from eoi_jax import _checks, masking, summary
 from eoi_jax._counts import count_for_density
-from eoi_jax.baselines import delta_orthogonal
+from eoi_jax.baselines import delta_orthogonal_batch
 from eoi_jax.eoi import compute_dtype
 from eoi_jax.masking import Filter, Stacked
 from eoi_jax.sparse_init import SparseInit, regenerate_layers
@@ -159,6 +160,11 @@ def sao_kernel(key, shape, *, degree: int | None = None, density=None, gain=1.0,
   return weight, jnp.broadcast_to(center_mask, shape)
 
 
+@functools.partial(jax.jit, static_argnames=("shape", "degree", "dtype"))
+def _sao_batch(keys, shape, degree, gain, dtype):
+  return jax.vmap(lambda k: sao_kernel(k, shape, degree=degree, gain=gain, dtype=dtype))(keys)
+
+
 def sao_params(key, params, *, density=None, degree: int | None = None,
                dense: Sequence[str] = (), gain=1.0, bias_std=0.0,
                filter: Filter | None = None, stacked: Stacked = None) -> SparseInit:
@@ -212,10 +218,9 @@ def sao_params(key, params, *, density=None, degree: int | None = None,
       layer_keys = keys[start:start + layer.num_layers]
       start += layer.num_layers
       if layer.name in degrees:
-        w, m = jax.jit(jax.vmap(lambda k, d=degrees[layer.name]: sao_kernel(
-            k, shape, degree=d, gain=gain, dtype=dtype)))(layer_keys)
+        w, m = _sao_batch(layer_keys, shape, degrees[layer.name], gain, dtype)
       else:
-        w = jax.jit(jax.vmap(lambda k: delta_orthogonal(k, shape, gain, dtype)))(layer_keys)
+        w = delta_orthogonal_batch(layer_keys, shape, gain, dtype)
         m = jnp.ones(w.shape, bool)
       weights.append(w)
       masks.append(m)
