@@ -29,6 +29,7 @@ import numpy as np
 
 from eoi_jax import _checks
 from eoi_jax._counts import count_for_density
+from eoi_jax._select import keep_top
 
 Filter = Callable[[str, jax.Array], bool]
 Stacked = Union[Mapping[str, int], Callable[[str, jax.Array], int], None]
@@ -184,10 +185,7 @@ def check_densities(layer_list: list[Layer], densities: Mapping[str, object]) ->
 
 def _top_count_mask(scores, count):
   """Bool mask of the ``count`` largest ``scores`` (ties: earlier position)."""
-  flat = scores.reshape(-1)
-  order = jnp.argsort(-flat, stable=True)
-  rank = jnp.zeros(flat.shape, jnp.int32).at[order].set(jnp.arange(flat.size, dtype=jnp.int32))
-  return (rank < count).reshape(scores.shape)
+  return keep_top(scores.reshape(-1), count).reshape(scores.shape)
 
 
 def _masks_by_score(score_fn, params, densities, filter, stacked):

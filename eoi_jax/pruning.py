@@ -35,6 +35,7 @@ import optax
 
 from eoi_jax import _checks, masking
 from eoi_jax._counts import count_for_density
+from eoi_jax._select import keep_top
 from eoi_jax.masking import Filter, Stacked
 
 
@@ -64,14 +65,6 @@ def _unflatten_masks(keep, params, layer_list, filter, stacked):
   return masking.map_layers(make, params, filter, stacked)
 
 
-def _keep_top(scores, count, largest=True):
-  """Bool vector keeping exactly ``count`` entries (ties: earlier position)."""
-  order = jnp.argsort(-scores if largest else scores, stable=True)
-  rank = jnp.zeros(scores.shape, jnp.int32).at[order].set(
-      jnp.arange(scores.size, dtype=jnp.int32))
-  return rank < count
-
-
 def _cross_entropy(logits, labels):
   return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
 
@@ -98,7 +91,7 @@ def snip(params, apply_fn, batch, density, *, filter: Filter | None = None,
     grads = jax.grad(lambda p: _cross_entropy(apply_fn(p, x), y))(params)
     return _flat_scores(jax.tree.map(lambda g, w: jnp.abs(g * w), grads, params), layer_list)
 
-  keep = _keep_top(scores(params, *batch), count_for_density(d, total))
+  keep = keep_top(scores(params, *batch), count_for_density(d, total))
   return _unflatten_masks(keep, params, layer_list, filter, stacked)
 
 
@@ -123,7 +116,7 @@ def grasp(params, apply_fn, batch, density, *, temperature: float = 200.0,
     _, hg = jax.jvp(grad_fn, (params,), (g,))
     return _flat_scores(jax.tree.map(lambda w, h: -w * h, params, hg), layer_list)
 
-  keep = _keep_top(scores(params, *batch), count_for_density(d, total), largest=False)
+  keep = keep_top(scores(params, *batch), count_for_density(d, total), largest=False)
   return _unflatten_masks(keep, params, layer_list, filter, stacked)
 
 
@@ -164,7 +157,7 @@ def synflow(params, apply_fn, input_shape, density, *, iterations: int = 100,
       masked = jax.tree.map(lambda w, m: jnp.where(m, w, 0), abs_params, masks)
       grads = jax.grad(lambda p: jnp.sum(apply_fn(p, ones)))(masked)
       scores = _flat_scores(jax.tree.map(lambda g, w: jnp.abs(g * w), grads, masked), layer_list)
-      return _keep_top(jnp.where(keep, scores, -1.0), counts[t])
+      return keep_top(jnp.where(keep, scores, -1.0), counts[t])
 
     start = _flat_scores(full, layer_list)
     return jax.lax.fori_loop(0, int(iterations), round_, start)

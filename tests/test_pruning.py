@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from eoi_jax import models, pruning
+from eoi_jax import _select, models, pruning
 from eoi_jax.masking import layers, mask_densities
 
 KERNELS = ("fc1/kernel", "fc2/kernel")
@@ -138,3 +138,27 @@ def test_bad_arguments():
     pruning.synflow(params, _apply, (6,), 0.1, iterations=0)
   with pytest.raises(ValueError, match="jax_enable_x64"):
     pruning.synflow(params, _apply, (6,), 0.1, float64=True)
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])
+def test_top_count_selection_equals_a_stable_sort(dtype, x64):
+  """Ties (rounded values, -0.0 vs 0.0), NaN and infinities, both directions."""
+  keep_top = jax.jit(_select.keep_top, static_argnames="largest")
+  rng = np.random.default_rng(0)
+  for trial in range(30):
+    n = (1, 7, 150)[trial % 3]
+    x = rng.normal(size=n)
+    if trial % 2:
+      x = np.round(x, 1)
+    for value, copies in ((np.nan, 2), (-0.0, 2), (0.0, 2), (np.inf, 1), (-np.inf, 1)):
+      if n > 1:
+        x[rng.integers(0, n, copies)] = value
+    scores = jnp.asarray(x, dtype)
+    values = np.asarray(scores)
+    for count in sorted({0, 1, n // 3, n - 1, n}):
+      for largest in (True, False):
+        order = np.argsort(-values if largest else values, kind="stable")
+        expected = np.zeros(n, bool)
+        expected[order[:count]] = True
+        np.testing.assert_array_equal(np.asarray(keep_top(scores, count, largest=largest)),
+                                      expected)
