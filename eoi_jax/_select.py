@@ -8,6 +8,8 @@ one counting pass per bit of the float and one cumulative sum.
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 
@@ -32,6 +34,7 @@ def _order_keys(scores, largest):
   return jnp.where(jnp.isnan(scores), jnp.asarray(0, uint_type), keys), nbits
 
 
+@functools.partial(jax.jit, static_argnames="largest")
 def keep_top(scores, count, largest=True):
   """Bool vector keeping exactly ``count`` entries with the largest (smallest)
   scores, ties broken by earlier position, NaN never before a number.
