@@ -357,7 +357,6 @@ def integer_targets(density, rows: int, cols: int) -> tuple[np.ndarray, np.ndarr
 
 
 @functools.partial(jax.jit, static_argnames=("rows", "cols", "num_steps", "dtype"))
-@functools.partial(jax.jit, static_argnames=("rows", "cols", "num_steps", "dtype"))
 def givens_core(
     key: Array,
     rows: int,
