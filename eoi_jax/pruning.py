@@ -27,8 +27,6 @@ Methods, as the paper runs them:
 
 from __future__ import annotations
 
-import functools
-
 import jax
 import jax.numpy as jnp
 import optax

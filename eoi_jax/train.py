@@ -29,7 +29,6 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -43,7 +42,6 @@ from flax import nnx
 
 from eoi_jax import data, diagnostics, methods, models, optim
 from eoi_jax.config import Config, validate
-from eoi_jax.summary import sparsity_summary
 
 
 class TrainingDiverged(RuntimeError):
