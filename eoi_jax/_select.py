@@ -25,8 +25,7 @@ def _order_keys(scores, largest):
   uint_type = jnp.uint64 if float_type == jnp.float64 else jnp.uint32
   nbits = jnp.iinfo(uint_type).bits
   scores = scores.astype(float_type)
-  bits = jax.lax.bitcast_convert_type(jnp.where(scores == 0, 0, scores).astype(float_type),
-                                      uint_type)
+  bits = jax.lax.bitcast_convert_type(jnp.where(scores == 0, 0, scores), uint_type)
   sign = jnp.asarray(1, uint_type) << (nbits - 1)
   keys = jnp.where(bits & sign, ~bits, bits | sign)
   if not largest:

@@ -59,6 +59,12 @@ def _check_kernel_shape(shape):
   return shape
 
 
+def _check_one_of(degree, density):
+  if (degree is None) == (density is None):
+    raise ValueError(f"give exactly one of degree and density, got degree={degree!r}, "
+                     f"density={density!r}")
+
+
 def valid_degrees(shape) -> tuple[int, ...]:
   """Degrees SAO can build for a kernel of ``shape`` (``(..., in, out)``).
 
@@ -142,9 +148,7 @@ def sao_kernel(key, shape, *, degree: int | None = None, density=None, gain=1.0,
     >>> w, m = sao_kernel(jax.random.key(0), (3, 3, 64, 128), density=0.125)
   """
   shape = _check_kernel_shape(shape)
-  if (degree is None) == (density is None):
-    raise ValueError(f"give exactly one of degree and density, got degree={degree!r}, "
-                     f"density={density!r}")
+  _check_one_of(degree, density)
   degree = check_degree(shape, degree) if degree is not None else degree_for_density(shape,
                                                                                      density)
   _checks.check_gain(gain)
@@ -193,9 +197,7 @@ def sao_params(key, params, *, density=None, degree: int | None = None,
     ValueError: a sparse layer admits no such degree (the message names the
       layer and lists its valid degrees), or ``dense`` names no maskable layer.
   """
-  if (degree is None) == (density is None):
-    raise ValueError(f"give exactly one of degree and density, got degree={degree!r}, "
-                     f"density={density!r}")
+  _check_one_of(degree, density)
   _checks.check_gain(gain)
   layer_list = masking.layers(params, filter, stacked)
   names = {l.name for l in layer_list}
