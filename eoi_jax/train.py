@@ -26,6 +26,7 @@ checkpoint.
 
 from __future__ import annotations
 
+import collections
 import csv
 import dataclasses
 import json
@@ -42,6 +43,27 @@ from flax import nnx
 
 from eoi_jax import data, diagnostics, methods, models, optim
 from eoi_jax.config import Config, validate
+
+
+# Steps dispatched ahead of the host. Each step waits for the metrics of the
+# step this many before it: XLA:CPU can deadlock (then aborts the process) when
+# many programs with collectives over several devices are queued at once, and
+# deeper queues buy nothing on any backend.
+MAX_STEPS_IN_FLIGHT = 2
+
+
+class _Bounded:
+  """Keeps at most ``MAX_STEPS_IN_FLIGHT`` dispatched steps ahead of the host:
+  pushing the metrics of step ``k`` waits for those of step ``k - depth``."""
+
+  def __init__(self):
+    self.depth, self._queue = MAX_STEPS_IN_FLIGHT, collections.deque()
+
+  def push(self, value):
+    self._queue.append(value)
+    if len(self._queue) > self.depth:
+      jax.block_until_ready(self._queue.popleft())
+    return value
 
 
 class TrainingDiverged(RuntimeError):
@@ -140,8 +162,10 @@ class Trainer:
     # The step donates its state: give the state buffers of its own, so the
     # model's variables and ``self.masks`` stay readable.
     self.state = jax.device_put(jax.tree.map(jnp.array, state), replicated)
-    self._train_step = jax.jit(self._train_step_fn, donate_argnums=(0, 2))
-    self._eval_step = jax.jit(self._eval_step_fn, donate_argnums=(2,))
+    # The metric sums are not donated: the loop waits on them to bound the
+    # steps in flight.
+    self._train_step = jax.jit(self._train_step_fn, donate_argnums=(0,))
+    self._eval_step = jax.jit(self._eval_step_fn)
     self.checkpoints = None
     if config.checkpoint:
       import orbax.checkpoint as ocp
@@ -192,9 +216,9 @@ class Trainer:
   # -- evaluation, diagnostics ------------------------------------------------
 
   def evaluate(self, name: str) -> dict:
-    totals = self.zero_metrics()
+    totals, bounded = self.zero_metrics(), _Bounded()
     for batch in self.eval_loaders[name].epoch(0):
-      totals = self._eval_step(self.state, batch, totals)
+      totals = bounded.push(self._eval_step(self.state, batch, totals))
     totals = jax.device_get(totals)
     count = max(float(totals["count"]), 1.0)
     return {f"{name}_loss": float(totals["loss"]) / count,
@@ -289,11 +313,13 @@ class Trainer:
         break
       record = {"epoch": epoch}
       sums, compile_s, started = self.zero_metrics(), 0.0, time.perf_counter()
+      bounded = _Bounded()
       for i, batch in enumerate(self.train_loader.epoch(epoch)):
         if i == 0 and config.jacobian:
           record.update(self.jacobian_stats(batch))
         t0 = time.perf_counter()
         self.state, sums = self._train_step(self.state, batch, sums)
+        bounded.push(sums)
         if i == 0 and epoch == start_epoch:
           jax.block_until_ready(sums)
           compile_s = time.perf_counter() - t0
