@@ -35,7 +35,8 @@ import time
 import jax
 import jax.numpy as jnp
 
-from eoi_jax import methods, models
+from eoi_jax import methods
+from eoi_jax.training import models
 
 try:
   from benchmarks._timing import markdown_table

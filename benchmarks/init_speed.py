@@ -89,11 +89,11 @@ def main(argv=None):
 
   # The whole-network pipeline (allocator + EOI + masks + summary) on the
   # 1000-layer MLP's params: first call (with compiles), then median of repeats.
-  params = {"a_input": {"kernel": jnp.zeros((784, 128)), "bias": jnp.zeros((128,))},
-            "b_hidden": {"kernel": jnp.zeros((layers - 2, 128, 128)),
-                         "bias": jnp.zeros((layers - 2, 128))},
-            "c_output": {"kernel": jnp.zeros((128, 10)), "bias": jnp.zeros((10,))}}
-  stacked = {"b_hidden/kernel": 1}
+  params = {"input_layer": {"kernel": jnp.zeros((784, 128)), "bias": jnp.zeros((128,))},
+            "hidden_layers": {"kernel": jnp.zeros((layers - 2, 128, 128)),
+                              "bias": jnp.zeros((layers - 2, 128))},
+            "output_layer": {"kernel": jnp.zeros((128, 10)), "bias": jnp.zeros((10,))}}
+  stacked = {"hidden_layers/kernel": 1}
 
   def network_init(seed):
     dens = allocation.uniform(params, 0.125, stacked=stacked)

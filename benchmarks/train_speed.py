@@ -2,8 +2,9 @@
 
 For the 7x100 MLP, the 100- and 1000-layer MLPs (width 128, hidden layers
 scanned) on MNIST-shaped inputs and ResNet-32 on CIFAR-shaped inputs, all
-EOI-initialised at density 0.1, times the jitted training step of
-``eoi_jax.train.Trainer`` (batch 128, SGD + Nesterov + L2, masks applied):
+EOI-initialised at density 0.1, times the jitted training step
+``eoi_jax.training.train.train_step`` (batch 128, SGD + Nesterov + L2, masks
+applied, the state donated as in ``train_and_evaluate``):
 compile time of the first step, then steps/s over a run of steps, on a mesh of
 1 device and of 8 devices (simulated on CPU). Inputs are synthetic arrays of
 the dataset's shape; the step is the same as on real data.
@@ -22,11 +23,12 @@ import jax
 if __name__ == "__main__":
   jax.config.update("jax_num_cpu_devices", 8)
 
+import functools
+
 import numpy as np
 
-from eoi_jax import data
-from eoi_jax.config import make_config
-from eoi_jax.train import Trainer
+from eoi_jax.training import data, train
+from eoi_jax.training.config import make_config
 
 try:
   from benchmarks._timing import markdown_table
@@ -41,27 +43,27 @@ CASES = {
 }
 
 
-def synthetic_like(name: str, num_train: int = 2048) -> data.Dataset:
-  info = data.INFO[name]
-  (x, y), (tx, ty) = data.datasets.synthetic(num_train, 256, info.image_shape, info.num_classes)
-  return data.Dataset(data.Split(x, y), data.Split(tx[:0], ty[:0]), data.Split(tx, ty), info)
-
-
 def time_case(key: str, devices: int, steps: int):
   label, dataset, overrides = CASES[key]
   config = make_config("mnist_mlp", dataset=dataset, density=0.1, batch_size=128, quiet=True,
-                       checkpoint=False, devices=devices, run_dir="/tmp/eoi-train-speed",
-                       **overrides)
-  trainer = Trainer(config, dataset=synthetic_like(dataset))
-  batches = list(trainer.train_loader.epoch(0))
-  sums = trainer.zero_metrics()
+                       checkpoint=False, devices=devices, run_dir="unused", **overrides)
+  info = data.SPECS[dataset].info
+  (x, y), _ = data.synthetic(2048, 8, info.image_shape, info.num_classes)
+  mesh = train.make_mesh(devices)
+  replicated = jax.sharding.NamedSharding(mesh, jax.P())
+  batches = list(data.Loader(data.Split(x, y), 128, mesh, train=True).epoch(0))
+  spec, state, _ = train.create_train_state(
+      config, info, (data.normalize(batches[0].images, info), batches[0].labels), 16,
+      replicated)
+  step = jax.jit(functools.partial(train.train_step, spec), donate_argnums=(0,))
+  sums = jax.device_put(train.zero_metrics(), replicated)
   start = time.perf_counter()
-  trainer.state, sums = trainer._train_step(trainer.state, batches[0], sums)
+  state, sums = step(state, batches[0], sums)
   jax.block_until_ready(sums)
   compile_s = time.perf_counter() - start
   start = time.perf_counter()
   for i in range(steps):
-    trainer.state, sums = trainer._train_step(trainer.state, batches[(i + 1) % len(batches)], sums)
+    state, sums = step(state, batches[(i + 1) % len(batches)], sums)
   jax.block_until_ready(sums)
   per_step = (time.perf_counter() - start) / steps
   return label, compile_s, per_step

@@ -1,5 +1,5 @@
 import sys
 
-from eoi_jax.cli import main
+from eoi_jax.training.cli import main
 
 sys.exit(main())

@@ -2,7 +2,7 @@
 
 Each allocator takes a params tree and an overall density ``d`` and returns
 ``{layer name: density}`` for every maskable layer (see
-:mod:`eoi_jax.masking`), with the parameter-weighted mean of the densities
+:mod:`eoi_jax.layers`), with the parameter-weighted mean of the densities
 equal to ``d`` up to float rounding (``|sum_i d_i n_i / N - d| <= 1e-9``).
 Mask makers then round each layer to a whole count, which moves the overall
 density by at most half an entry per layer.
@@ -18,9 +18,8 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from eoi_jax import _checks
-from eoi_jax import masking
-from eoi_jax.masking import Filter, Stacked
+from eoi_jax import _validation, layers
+from eoi_jax.layers import Filter, Layout, Stacked
 
 
 def _overall(layer_list, densities) -> float:
@@ -30,10 +29,10 @@ def _overall(layer_list, densities) -> float:
 
 
 def overall_density(params, densities, filter: Filter | None = None,
-                    stacked: Stacked = None) -> float:
+                    stacked: Stacked = None, *, layout: Layout | None = None) -> float:
   """Parameter-weighted mean of per-layer densities over the maskable layers."""
-  layer_list = masking.layers(params, filter, stacked)
-  return _overall(layer_list, masking.check_densities(layer_list, densities))
+  layout = layers.resolve(params, filter, stacked, layout)
+  return _overall(layout.layers, layout.check_densities(densities))
 
 
 def _as_output(layer_list, densities):
@@ -43,10 +42,15 @@ def _as_output(layer_list, densities):
   }
 
 
-def uniform(params, density, filter: Filter | None = None, stacked: Stacked = None) -> dict:
+def uniform(params, density, filter: Filter | None = None, stacked: Stacked = None, *,
+            layout: Layout | None = None) -> dict:
   """Every maskable layer at ``density``."""
-  d = _checks.check_density(density)
-  return {layer.name: d for layer in masking.layers(params, filter, stacked)}
+  d = _validation.check_density(density)
+  return _uniform(layers.resolve(params, filter, stacked, layout), d)
+
+
+def _uniform(layout: Layout, d: float) -> dict:
+  return {layer.name: d for layer in layout.layers}
 
 
 def _solve_with_dense(layer_list, density, dense_names, weights):
@@ -80,7 +84,8 @@ def _solve_with_dense(layer_list, density, dense_names, weights):
 
 
 def uniform_dense_ends(params, density, filter: Filter | None = None, stacked: Stacked = None,
-                       dense: Sequence[str] | None = None) -> dict:
+                       dense: Sequence[str] | None = None, *,
+                       layout: Layout | None = None) -> dict:
   """Uniform density with the first and last maskable layers kept dense.
 
   The other layers share one density, solved so the overall density is
@@ -89,7 +94,7 @@ def uniform_dense_ends(params, density, filter: Filter | None = None, stacked: S
   Args:
     params: params tree.
     density: overall density in (0, 1].
-    filter, stacked: as in :func:`eoi_jax.masking.layers`.
+    filter, stacked, layout: as in :func:`eoi_jax.layers.resolve`.
     dense: names of the layers to keep dense; default the first and last
       maskable layers in flattening order (name layers so that order is the
       network's, or pass the names).
@@ -97,8 +102,12 @@ def uniform_dense_ends(params, density, filter: Filter | None = None, stacked: S
   Raises:
     ValueError: when the dense layers alone exceed ``density``.
   """
-  d = _checks.check_density(density)
-  layer_list = masking.layers(params, filter, stacked)
+  d = _validation.check_density(density)
+  return _uniform_dense_ends(layers.resolve(params, filter, stacked, layout), d, dense)
+
+
+def _uniform_dense_ends(layout: Layout, d: float, dense=None) -> dict:
+  layer_list = layout.layers
   names = [layer_list[0].name, layer_list[-1].name] if dense is None else list(dense)
   unknown = sorted(set(names) - {l.name for l in layer_list})
   if unknown:
@@ -112,7 +121,7 @@ def uniform_dense_ends(params, density, filter: Filter | None = None, stacked: S
 
 
 def erk(params, density, filter: Filter | None = None, stacked: Stacked = None,
-        power_scale: float = 1.0) -> dict:
+        power_scale: float = 1.0, *, layout: Layout | None = None) -> dict:
   """Erdos-Renyi-Kernel densities (Evci et al. 2020).
 
   A layer's density is proportional to ``(sum(shape) / prod(shape)) **
@@ -122,13 +131,16 @@ def erk(params, density, filter: Filter | None = None, stacked: Stacked = None,
   Args:
     params: params tree.
     density: overall density in (0, 1].
-    filter, stacked: as in :func:`eoi_jax.masking.layers`.
+    filter, stacked, layout: as in :func:`eoi_jax.layers.resolve`.
     power_scale: exponent; 0 gives uniform.
   """
-  d = _checks.check_density(density)
-  if not np.isfinite(power_scale) or power_scale < 0:
-    raise ValueError(f"power_scale must be >= 0, got {power_scale}")
-  layer_list = masking.layers(params, filter, stacked)
+  d = _validation.check_density(density)
+  power_scale = _validation.check_non_negative(power_scale, "power_scale")
+  return _erk(layers.resolve(params, filter, stacked, layout), d, power_scale)
+
+
+def _erk(layout: Layout, d: float, power_scale: float = 1.0) -> dict:
+  layer_list = layout.layers
   weights = {
       l.name: (sum(l.shape) / float(np.prod(l.shape))) ** power_scale for l in layer_list
   }
@@ -136,29 +148,32 @@ def erk(params, density, filter: Filter | None = None, stacked: Stacked = None,
 
 
 def explicit(params, mapping: Mapping[str, object], filter: Filter | None = None,
-             stacked: Stacked = None) -> dict:
+             stacked: Stacked = None, *, layout: Layout | None = None) -> dict:
   """A user-given ``{name: density}`` mapping, checked against the layers.
 
   Every maskable layer must be named, with a density in (0, 1] (an array of
   the stack's shape for a stack).
   """
-  layer_list = masking.layers(params, filter, stacked)
-  dens = masking.check_densities(layer_list, mapping)
-  for name, d in dens.items():
-    if np.any(d <= 0):
-      raise ValueError(f"densities[{name!r}] must be in (0, 1], got {mapping[name]!r}")
-  return _as_output(layer_list, dens)
+  layout = layers.resolve(params, filter, stacked, layout)
+  return _as_output(layout.layers, layout.check_densities(mapping, positive=True))
 
 
 ALLOCATORS = {
-    "uniform": uniform,
-    "erk": erk,
-    "uniform_dense_ends": uniform_dense_ends,
+    "uniform": _uniform,
+    "erk": _erk,
+    "uniform_dense_ends": _uniform_dense_ends,
 }
+"""Allocators by name; each entry maps ``(layout, density, **options)`` (checked) to densities."""
 
 
-def allocate(name: str, params, density, **kwargs) -> dict:
-  """Allocator by name: ``uniform``, ``erk`` or ``uniform_dense_ends``."""
+def allocate(name: str, params, density, filter: Filter | None = None,
+             stacked: Stacked = None, *, layout: Layout | None = None, **options) -> dict:
+  """Allocator by name: ``uniform``, ``erk`` (``power_scale``) or
+  ``uniform_dense_ends`` (``dense``)."""
   if name not in ALLOCATORS:
     raise ValueError(f"allocator must be one of {sorted(ALLOCATORS)}, got {name!r}")
-  return ALLOCATORS[name](params, density, **kwargs)
+  d = _validation.check_density(density)
+  if "power_scale" in options:
+    options["power_scale"] = _validation.check_non_negative(options["power_scale"],
+                                                            "power_scale")
+  return ALLOCATORS[name](layers.resolve(params, filter, stacked, layout), d, **options)

@@ -44,8 +44,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from eoi_jax import _checks
-from eoi_jax._counts import snap
+from eoi_jax import _validation, chain
+from eoi_jax.counts import snap
 
 Array = jax.Array
 
@@ -239,7 +239,8 @@ def support_trajectory(key: Array, rows: int, cols: int, num_rotations: int) -> 
   """Number of non-zeros after each of the first ``num_rotations`` rotations.
 
   Runs the support pass alone: a rotation on ``(i, j)`` makes both columns
-  non-zero in every row that holds either.
+  non-zero in every row that holds either. Its mean over keys follows the
+  row chain of :mod:`eoi_jax.chain`.
 
   Args:
     key: a ``jax.random`` key (same rotations as :func:`givens_orthogonal`).
@@ -255,59 +256,7 @@ def support_trajectory(key: Array, rows: int, cols: int, num_rotations: int) -> 
 
 
 # ----------------------------------------------------------------------------
-# The support Markov chain.
-
-
-def mean_field_rotations(cols: int, density: float) -> float:
-  """Mean-field number of rotations to reach ``density`` on ``c`` columns.
-
-  A row's non-zero count ``X`` grows with ``P(X -> X + 1) = 2 X (c - X) /
-  (c (c - 1))``; its mean-field (logistic) solution gives
-  ``t = (c - 1) / 2 * ln((c - 1) d / (1 - d))``, or 0 when ``d <= 1 / c``.
-  """
-  c = int(cols)
-  if c < 2 or density <= 1.0 / c:
-    return 0.0
-  d = min(float(density), 1.0 - 1e-12)
-  return max(0.0, 0.5 * (c - 1) * math.log((c - 1) * d / (1.0 - d)))
-
-
-def row_chain_distribution(cols: int, num_rotations: int) -> np.ndarray:
-  """Exact law of one row's non-zero count after each number of rotations.
-
-  Args:
-    cols: number of columns ``c``.
-    num_rotations: number of steps ``T``.
-
-  Returns:
-    float64 ``(T + 1, c + 1)``; row ``t`` is ``P(X_t = x)`` for ``x = 0..c``.
-    ``E[density after t] = sum_x x P(X_t = x) / c`` for every row.
-  """
-  c = int(cols)
-  x = np.arange(c + 1, dtype=np.float64)
-  up = np.where(x >= 1, 2 * x * (c - x) / (c * (c - 1)), 0.0) if c > 1 else 0 * x
-  prob = np.zeros(c + 1)
-  prob[1] = 1.0
-  out = [prob]
-  for _ in range(int(num_rotations)):
-    moved = prob * up
-    prob = prob - moved
-    prob[1:] += moved[:-1]
-    out.append(prob)
-  return np.stack(out)
-
-
-def expected_row_hitting_time(cols: int, count: int) -> tuple[float, float]:
-  """Mean and variance of the rotations one row needs to reach ``count`` non-zeros.
-
-  The row's chain is pure birth, so the hitting time is a sum of independent
-  geometric waits with success probabilities ``2 x (c - x) / (c (c - 1))``.
-  For a ``1 x c`` matrix this is exactly the stopping step of EOI.
-  """
-  c = int(cols)
-  x = np.arange(1, int(count), dtype=np.float64)
-  p = 2 * x * (c - x) / (c * (c - 1))
-  return float(np.sum(1 / p)), float(np.sum((1 - p) / p**2))
+# Planning.
 
 
 def _chunk_length(cols: int) -> int:
@@ -328,7 +277,7 @@ def max_rotations(rows: int, cols: int, density: float) -> int:
   if c < 2:
     return 0
   d = min(float(density), 1.0 - 1.0 / (2.0 * r * c))
-  steps = mean_field_rotations(c, d) + c * (0.25 + 1.5 / math.sqrt(r))
+  steps = chain.mean_field_rotations(c, d) + c * (0.25 + 1.5 / math.sqrt(r))
   chunk = _chunk_length(c)
   return int(math.ceil(steps / chunk)) * chunk
 
@@ -480,9 +429,9 @@ def givens_orthogonal(
     >>> res.matrix.shape
     (64, 128)
   """
-  r, c = _checks.check_shape((rows, cols), (2,), name="(rows, cols)")
+  r, c = _validation.check_shape((rows, cols), (2,), name="(rows, cols)")
   if r > c:
     raise ValueError(f"rows must be <= cols, got rows={r}, cols={c}")
-  d = _checks.check_density(density)
+  d = _validation.check_density(density)
   target, undo_above = integer_targets(d, r, c)
   return givens_core(key, r, c, target, undo_above, max_rotations(r, c, d), dtype)

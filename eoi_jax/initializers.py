@@ -17,20 +17,21 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from eoi_jax import _checks
-from eoi_jax import eoi as _eoi
+from eoi_jax import _validation, kernels
 
 
 def _check_options(density, gain, conv_options):
-  _checks.check_density(density)
-  _checks.check_gain(gain)
+  _validation.check_density(density)
+  _validation.check_gain(gain)
   unknown = set(conv_options) - {"center_density", "structured"}
   if unknown:
     raise ValueError(
         f"unknown conv options {sorted(unknown)}; allowed: center_density, structured"
     )
   if "center_density" in conv_options:
-    _eoi.center_density_for(density, 1, conv_options["center_density"])
+    kernels.check_center_density(conv_options["center_density"])
+  if "structured" in conv_options:
+    _validation.check_flag(conv_options["structured"], "structured")
 
 
 def _place(value, out_sharding):
@@ -59,7 +60,7 @@ def eoi(density, gain=1.0, **conv_options):
   _check_options(density, gain, conv_options)
 
   def init(key, shape, dtype=jnp.float32, out_sharding=None):
-    weight, _ = _eoi.eoi_init(key, shape, density, gain=gain, dtype=dtype, **conv_options)
+    weight, _ = kernels.eoi_init(key, shape, density, gain=gain, dtype=dtype, **conv_options)
     return _place(weight, out_sharding)
 
   return init
@@ -78,7 +79,7 @@ def eoi_mask(density, gain=1.0, **conv_options):
   _check_options(density, gain, conv_options)
 
   def mask_init(key, shape, dtype=jnp.bool_, out_sharding=None):
-    _, mask = _eoi.eoi_init(key, shape, density, gain=gain, **conv_options)
+    _, mask = kernels.eoi_init(key, shape, density, gain=gain, **conv_options)
     return _place(mask.astype(dtype), out_sharding)
 
   return mask_init

@@ -61,7 +61,9 @@ def static_sparse(inner: optax.GradientTransformation, masks) -> optax.GradientT
   inner = optax.with_extra_args_support(inner)
 
   def init_fn(params):
-    jax.tree.map(lambda p, m: None, params, masks)  # structure check
+    if jax.tree.structure(params) != jax.tree.structure(masks):
+      raise ValueError("masks must have the structure of the params: got "
+                       f"{jax.tree.structure(masks)} for {jax.tree.structure(params)}")
     return StaticSparseState(masks=masks, inner_state=inner.init(params))
 
   def update_fn(updates, state, params=None, **extra_args):
@@ -73,14 +75,58 @@ def static_sparse(inner: optax.GradientTransformation, masks) -> optax.GradientT
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
+def _sgd(learning_rate, momentum, nesterov, weight_decay):
+  l2 = [optax.add_decayed_weights(weight_decay)] if weight_decay else []
+  return optax.chain(*l2, optax.sgd(learning_rate, momentum=momentum or None,
+                                    nesterov=nesterov and bool(momentum)))
+
+
+def _adam(learning_rate, momentum, nesterov, weight_decay):
+  l2 = [optax.add_decayed_weights(weight_decay)] if weight_decay else []
+  return optax.chain(*l2, optax.adam(learning_rate))
+
+
+def _adamw(learning_rate, momentum, nesterov, weight_decay):
+  return optax.adamw(learning_rate, weight_decay=weight_decay)
+
+
+OPTIMIZERS = {"sgd": _sgd, "adam": _adam, "adamw": _adamw}
+"""Inner optimizers by name: ``(learning_rate, momentum, nesterov, weight_decay) -> transform``.
+``sgd`` is momentum SGD with coupled L2 (``weight_decay * w`` added to the
+gradient, as in the paper), ``adam`` Adam with coupled L2, ``adamw`` Adam with
+decoupled weight decay."""
+
+
+def _step_schedule(learning_rate, total_steps):
+  return optax.piecewise_constant_schedule(
+      learning_rate, {int(total_steps * 0.5): 0.1, int(total_steps * 0.75): 0.1})
+
+
+SCHEDULES = {
+    "step": _step_schedule,
+    "cosine": lambda learning_rate, total_steps: optax.cosine_decay_schedule(
+        learning_rate, max(total_steps, 1)),
+    "constant": lambda learning_rate, total_steps: optax.constant_schedule(learning_rate),
+}
+"""Learning-rate schedules by name: ``(learning_rate, total_steps) -> schedule``.
+``step`` multiplies by 0.1 at 50% and at 75% of training (the paper's)."""
+
+
+def schedule(name: str, learning_rate, total_steps: int):
+  """The schedule ``name`` of :data:`SCHEDULES` from ``learning_rate`` over ``total_steps``."""
+  if name not in SCHEDULES:
+    raise ValueError(f"schedule must be one of {sorted(SCHEDULES)}, got {name!r}")
+  return SCHEDULES[name](learning_rate, total_steps)
+
+
 def sparse_optimizer(name: str, learning_rate, masks, *, momentum: float = 0.9,
                      nesterov: bool = True, weight_decay: float = 0.0):
   """The optimizers of the paper's protocol, wrapped in :func:`static_sparse`.
 
   Args:
-    name: ``"sgd"`` (momentum SGD with coupled L2: ``weight_decay * w`` added
-      to the gradient, as in the paper), ``"adam"`` (coupled L2 likewise) or
-      ``"adamw"`` (decoupled weight decay).
+    name: one of :data:`OPTIMIZERS`: ``"sgd"`` (momentum SGD with coupled L2,
+      as in the paper), ``"adam"`` (coupled L2 likewise) or ``"adamw"``
+      (decoupled weight decay).
     learning_rate: float or optax schedule.
     masks: mask tree.
     momentum, nesterov: for ``"sgd"``.
@@ -89,16 +135,8 @@ def sparse_optimizer(name: str, learning_rate, masks, *, momentum: float = 0.9,
   Returns:
     An optax transform.
   """
+  if name not in OPTIMIZERS:
+    raise ValueError(f"optimizer must be one of {sorted(OPTIMIZERS)}, got {name!r}")
   if weight_decay < 0:
     raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
-  l2 = [optax.add_decayed_weights(weight_decay)] if weight_decay else []
-  if name == "sgd":
-    inner = optax.chain(*l2, optax.sgd(learning_rate, momentum=momentum or None,
-                                       nesterov=nesterov and bool(momentum)))
-  elif name == "adam":
-    inner = optax.chain(*l2, optax.adam(learning_rate))
-  elif name == "adamw":
-    inner = optax.adamw(learning_rate, weight_decay=weight_decay)
-  else:
-    raise ValueError(f"optimizer must be one of ['adam', 'adamw', 'sgd'], got {name!r}")
-  return static_sparse(inner, masks)
+  return static_sparse(OPTIMIZERS[name](learning_rate, momentum, nesterov, weight_decay), masks)

@@ -6,8 +6,8 @@ from typing import Mapping, NamedTuple
 
 import numpy as np
 
-from eoi_jax import masking
-from eoi_jax.masking import Filter, Stacked
+from eoi_jax import layers
+from eoi_jax.layers import Filter, Layout, Stacked
 
 
 class LayerRow(NamedTuple):
@@ -67,23 +67,25 @@ class SparsitySummary(NamedTuple):
 
 
 def sparsity_summary(params, masks, requested: Mapping[str, object] | None = None,
-                     filter: Filter | None = None, stacked: Stacked = None) -> SparsitySummary:
+                     filter: Filter | None = None, stacked: Stacked = None, *,
+                     layout: Layout | None = None) -> SparsitySummary:
   """Summarises a mask tree over the maskable layers of ``params``.
 
   Args:
     params: params tree.
     masks: mask tree (same structure).
     requested: optional ``{name: density}`` that was asked for.
-    filter, stacked: as in :func:`eoi_jax.masking.layers`.
+    filter, stacked, layout: as in :func:`eoi_jax.layers.resolve`.
 
   Returns:
     A :class:`SparsitySummary` (``.table()`` for text, ``.to_dict()`` for JSON).
   """
-  layer_list = masking.layers(params, filter, stacked)
-  mask_by_name = dict(masking.named_leaves(masks))
+  layout = layers.resolve(params, filter, stacked, layout)
+  mask_by_name = layout.leaves(masks)
   rows = []
-  for layer in layer_list:
-    nnz = int(np.count_nonzero(np.asarray(mask_by_name[layer.name])))
+  for layer in layout.layers:
+    mask = np.broadcast_to(np.asarray(mask_by_name[layer.name]), layer.stack + layer.shape)
+    nnz = int(np.count_nonzero(mask))
     want = None
     if requested is not None and layer.name in requested:
       want = float(np.mean(np.asarray(requested[layer.name], np.float64)))

@@ -5,7 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from eoi_jax import allocation, baselines, masking
+from eoi_jax import allocation, masking
+from eoi_jax.methods import dense as baselines
 
 
 def _circular_conv(x, kernel):

@@ -8,8 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from eoi_jax import data
-from eoi_jax.data import formats
+from eoi_jax.training import data
+from eoi_jax.training.data import formats
 
 
 def _images(rng, n, shape):
@@ -128,7 +128,7 @@ def test_flip_is_an_involution_and_crops_stay_in_the_padded_image():
 
 
 def test_preprocess_normalises_and_is_jittable():
-  info = data.INFO["cifar10"]
+  info = data.SPECS["cifar10"].info
   x = jnp.full((4, 32, 32, 3), 128, jnp.uint8)
   out = jax.jit(lambda k, x: data.preprocess(k, x, info, train=True))(jax.random.key(0), x)
   assert out.dtype == jnp.float32 and out.shape == x.shape

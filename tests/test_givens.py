@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from eoi_jax import givens
+from eoi_jax import chain, givens
 
 
 def _last_jump(key, rows, cols, result, density):
@@ -97,7 +97,7 @@ def test_mean_rotation_count_matches_the_markov_chain():
   # a sum of independent geometric waits with known mean and variance.
   cols, density, n_keys = 64, 0.5, 400
   count = math.ceil(density * cols)  # d c = 32 is an integer: no step back
-  mean, var = givens.expected_row_hitting_time(cols, count)
+  mean, var = chain.expected_row_hitting_time(cols, count)
   keys = jax.random.split(jax.random.key(11), n_keys)
   used = jax.vmap(lambda k: givens.givens_orthogonal(k, 1, cols, density).num_rotations)(keys)
   used = np.asarray(used, np.float64)
@@ -113,7 +113,7 @@ def test_mean_density_trajectory_matches_the_row_chain():
   keys = jax.random.split(jax.random.key(5), n_keys)
   traj = jax.vmap(lambda k: givens.support_trajectory(k, rows, cols, steps))(keys)
   density = np.asarray(traj, np.float64) / (rows * cols)
-  law = givens.row_chain_distribution(cols, steps)
+  law = chain.row_chain_distribution(cols, steps)
   expected = law @ np.arange(cols + 1) / cols
   stderr = density.std(axis=0, ddof=1) / math.sqrt(n_keys)
   assert np.all(np.abs(density.mean(axis=0) - expected) <= 5 * stderr + 1e-12)
@@ -122,10 +122,10 @@ def test_mean_density_trajectory_matches_the_row_chain():
 def test_mean_field_rotations_matches_counts_from_the_paper_code():
   # Counts seen in the public code (method note): 100x100 at 0.5 ~250,
   # 128x128 at 0.125 ~190, 784x300 at 0.1 ~1800.
-  assert abs(givens.mean_field_rotations(100, 0.5) - 250) < 30
-  assert abs(givens.mean_field_rotations(128, 0.125) - 190) < 15
-  assert abs(givens.mean_field_rotations(784, 0.1) - 1800) < 100
-  assert givens.mean_field_rotations(100, 0.01) == 0.0
+  assert abs(chain.mean_field_rotations(100, 0.5) - 250) < 30
+  assert abs(chain.mean_field_rotations(128, 0.125) - 190) < 15
+  assert abs(chain.mean_field_rotations(784, 0.1) - 1800) < 100
+  assert chain.mean_field_rotations(100, 0.01) == 0.0
 
 
 def test_integer_targets_snap_decimal_densities():

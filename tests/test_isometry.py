@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 import eoi_jax
-from eoi_jax import allocation, isometry, masking
+from eoi_jax import allocation, masking
+from eoi_jax.methods import isometry
 
 
 def _params():

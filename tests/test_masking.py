@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from eoi_jax import allocation, masking, summary
+from eoi_jax import allocation, layers, masking, summary
 
 
 def _params():
@@ -26,20 +26,20 @@ class _Net(nnx.Module):
 
 
 def test_default_rule_masks_kernels_only():
-  names = [l.name for l in masking.layers(_params())]
+  names = [l.name for l in layers.layout(_params()).layers]
   assert names == ["conv1/kernel", "dense1/kernel", "dense2/kernel"]
   state = nnx.state(_Net(nnx.Rngs(0)), nnx.Param)
-  assert [l.name for l in masking.layers(state)] == ["fc1/kernel", "fc2/kernel"]
+  assert [l.name for l in layers.layout(state).layers] == ["fc1/kernel", "fc2/kernel"]
 
 
 def test_user_filter_and_stacks():
   params = {"stack": {"kernel": jnp.ones((5, 8, 8))}, "head": {"kernel": jnp.ones((8, 2))}}
-  layer_list = masking.layers(params, stacked={"stack/kernel": 1})
-  assert layer_list[1] == masking.Layer("stack/kernel", (8, 8), (5,))
-  only_head = masking.layers(params, filter=lambda name, leaf: name.startswith("head"))
+  layer_list = layers.layout(params, stacked={"stack/kernel": 1}).layers
+  assert layer_list[1] == layers.Layer("stack/kernel", (8, 8), (5,))
+  only_head = layers.layout(params, filter=lambda name, leaf: name.startswith("head")).layers
   assert [l.name for l in only_head] == ["head/kernel"]
   with pytest.raises(ValueError, match="stacked"):
-    masking.layers(params, stacked={"stack/kernel": 2})
+    layers.layout(params, stacked={"stack/kernel": 2}).layers
 
 
 def test_mask_tree_structure_and_scalar_true_elsewhere():
@@ -61,7 +61,7 @@ def test_erk_meets_the_overall_density(d):
   _check_overall(params, dens, d)
   assert all(0 < v <= 1 for v in dens.values())
   # Proportional to sum(shape) / prod(shape) among the non-dense layers.
-  raw = {l.name: sum(l.shape) / np.prod(l.shape) for l in masking.layers(params)}
+  raw = {l.name: sum(l.shape) / np.prod(l.shape) for l in layers.layout(params).layers}
   free = [n for n, v in dens.items() if v < 1]
   ratios = [dens[n] / raw[n] for n in free]
   np.testing.assert_allclose(ratios, ratios[0], rtol=1e-9)
@@ -121,7 +121,7 @@ def test_mask_makers_hit_exact_counts(maker):
     masks = masking.random_masks(jax.random.key(1), params, dens)
   else:
     masks = masking.magnitude_masks(params, dens)
-  for layer in masking.layers(params):
+  for layer in layers.layout(params).layers:
     m = masks[layer.name.split("/")[0]]["kernel"]
     assert int(m.sum()) == int(np.floor(dens[layer.name] * layer.size + 0.5))
   if maker == "magnitude":

@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from eoi_jax import allocation, baselines, isometry, masking, methods, models, pruning
+from eoi_jax import allocation, layers, masking, methods
+from eoi_jax.methods import dense, isometry, pruning
+from eoi_jax.training import models
 
 
 def _mlp():
@@ -48,7 +50,7 @@ def test_allocator_methods_follow_their_allocator():
     out = methods.initialize_model(name, jax.random.key(0), model, 0.2)
     expected = getattr(allocation, name)(params, 0.2, stacked=spec.stacked)
     realised = masking.mask_densities(params, out.masks, stacked=spec.stacked)
-    for layer in masking.layers(params, stacked=spec.stacked):
+    for layer in layers.layout(params, stacked=spec.stacked).layers:
       # One whole entry of rounding per layer.
       assert np.all(np.abs(realised[layer.name] - expected[layer.name]) <= 0.5 / np.prod(layer.shape) + 1e-12)
     _masked_entries_zero(out)
@@ -75,7 +77,7 @@ def test_pruning_methods_match_the_pruners_and_feed_eoi():
   # Same masks and values as SNIP on the dense orthogonal values it scores
   # (drawn from the first of three subkeys).
   apply_fn = lambda p, x: nnx.merge(graphdef, p, rest)(x)
-  values = baselines.orthogonal_params(jax.random.split(jax.random.key(0), 3)[0], params,
+  values = dense.orthogonal_params(jax.random.split(jax.random.key(0), 3)[0], params,
                                        stacked=spec.stacked)
   direct = pruning.snip(values, apply_fn, batch, 0.15, stacked=spec.stacked)
   for a, b in zip(jax.tree.leaves(out.masks), jax.tree.leaves(direct)):
@@ -83,13 +85,13 @@ def test_pruning_methods_match_the_pruners_and_feed_eoi():
   for a, b in zip(jax.tree.leaves(out.params),
                   jax.tree.leaves(masking.apply_masks(values, direct))):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-  total = sum(l.size for l in masking.layers(params, stacked=spec.stacked))
+  total = sum(l.size for l in layers.layout(params, stacked=spec.stacked).layers)
   assert _kept(out.masks) == int(np.floor(0.15 * total + 0.5))
 
   plus = methods.initialize_model("snip+eoi", jax.random.key(0), model, 0.15, batch=batch)
   snip_dens = masking.mask_densities(params, out.masks, stacked=spec.stacked)
   eoi_dens = masking.mask_densities(params, plus.masks, stacked=spec.stacked)
-  for layer in masking.layers(params, stacked=spec.stacked):
+  for layer in layers.layout(params, stacked=spec.stacked).layers:
     # EOI stops within one rotation (at most 2 * max(in, out) new entries
     # per step, usually far fewer) of the pruner's density.
     step = 2 * max(layer.shape[-2:]) / np.prod(layer.shape)
@@ -121,15 +123,15 @@ def test_sao_on_an_mlp_and_a_cnn():
   model = models.build("mlp", (4, 4, 1), 10, depth=5, width=32)
   out = methods.initialize_model("sao", jax.random.key(0), model, 0.25)
   rows = {r.name: r for r in out.summary.rows}
-  assert rows["b_hidden/kernel"].realised == pytest.approx(0.25)
-  assert rows["a_input/kernel"].realised == 1.0 and rows["c_output/kernel"].realised == 1.0
+  assert rows["hidden_layers/kernel"].realised == pytest.approx(0.25)
+  assert rows["input_layer/kernel"].realised == 1.0 and rows["output_layer/kernel"].realised == 1.0
   _masked_entries_zero(out)
   degree8 = methods.initialize_model("sao", jax.random.key(0), model, 0.25, sao_degree=4)
-  assert {r.name: r for r in degree8.summary.rows}["b_hidden/kernel"].realised == 0.125
+  assert {r.name: r for r in degree8.summary.rows}["hidden_layers/kernel"].realised == 0.125
   cnn = models.build("deep_cnn", (8, 8, 3), 10, depth=5, width=8)
   conv = methods.initialize_model("sao+eoi", jax.random.key(0), cnn, 0.25)
   _masked_entries_zero(conv)
-  with pytest.raises(ValueError, match="layer 'b_hidden/kernel'.*Valid degrees"):
+  with pytest.raises(ValueError, match="layer 'hidden_layers/kernel'.*Valid degrees"):
     methods.initialize_model("sao", jax.random.key(0), model, 0.1)
 
 
@@ -145,3 +147,22 @@ def test_selector_on_a_plain_params_dict():
     methods.initialize("eoi", jax.random.key(1), params, 0.0)
   with pytest.raises(ValueError, match="allocator must be one of"):
     methods.initialize("random", jax.random.key(1), params, 0.5, allocator="magic")
+
+
+def test_the_layer_view_is_built_once_per_call(monkeypatch):
+  from eoi_jax import layers as layers_module
+
+  built = []
+  original = layers_module.Layout.__init__
+
+  def counting(self, layer_list):
+    built.append(len(layer_list))
+    original(self, layer_list)
+
+  monkeypatch.setattr(layers_module.Layout, "__init__", counting)
+  model = _mlp()
+  batch = _batch((4, 4, 1))
+  for method in ("snip+eoi", "erk+ai", "sao+eoi", "eoi"):
+    built.clear()
+    methods.initialize_model(method, jax.random.key(0), model, 0.25, batch=batch, ai_steps=2)
+    assert built == [3], method

@@ -6,8 +6,10 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from eoi_jax import _select, models, pruning
-from eoi_jax.masking import layers, mask_densities
+from eoi_jax import layers, topk
+from eoi_jax.masking import mask_densities
+from eoi_jax.methods import pruning
+from eoi_jax.training import models
 
 KERNELS = ("fc1/kernel", "fc2/kernel")
 
@@ -117,7 +119,7 @@ def test_methods_run_on_a_cnn_and_feed_eoi():
   apply_fn = lambda p, x: nnx.merge(graphdef, p, rest)(x)
   x = jax.random.normal(jax.random.key(0), (8, 8, 8, 3))
   y = jnp.arange(8) % 10
-  total = sum(l.size for l in layers(params, stacked=spec.stacked))
+  total = sum(l.size for l in layers.layout(params, stacked=spec.stacked).layers)
   for masks in (pruning.snip(params, apply_fn, (x, y), 0.1, stacked=spec.stacked),
                 pruning.grasp(params, apply_fn, (x, y), 0.1, stacked=spec.stacked),
                 pruning.synflow(params, apply_fn, (8, 8, 3), 0.1, iterations=5,
@@ -125,7 +127,7 @@ def test_methods_run_on_a_cnn_and_feed_eoi():
     kept = sum(int(np.asarray(m).sum()) for m in jax.tree.leaves(masks) if np.ndim(m))
     assert kept == int(np.floor(0.1 * total + 0.5))
     dens = mask_densities(params, masks, stacked=spec.stacked)
-    assert set(dens) == {l.name for l in layers(params, stacked=spec.stacked)}
+    assert set(dens) == {l.name for l in layers.layout(params, stacked=spec.stacked).layers}
 
 
 def test_bad_arguments():
@@ -143,7 +145,7 @@ def test_bad_arguments():
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])
 def test_top_count_selection_equals_a_stable_sort(dtype, x64):
   """Ties (rounded values, -0.0 vs 0.0), NaN and infinities, both directions."""
-  keep_top = jax.jit(_select.keep_top, static_argnames="largest")
+  keep_top = jax.jit(topk.keep_top, static_argnames="largest")
   rng = np.random.default_rng(0)
   for trial in range(30):
     n = (1, 7, 150)[trial % 3]

@@ -1,4 +1,4 @@
-"""Reliability: training must not crash the interpreter."""
+"""Reliability: the test suite's own abort, and training under kills, damaged files and bad input."""
 
 import os
 import subprocess
@@ -15,21 +15,27 @@ REPO = Path(__file__).resolve().parents[1]
 # minutes). The trainer keeps at most MAX_STEPS_IN_FLIGHT steps queued; with
 # no bound (pass a huge number as the argument) this script aborts.
 MANY_EVAL_STEPS = """
-import sys
+import functools, sys
 import jax
 jax.config.update("jax_num_cpu_devices", 8)
-from eoi_jax import data, train
-from eoi_jax.config import make_config
+import jax.numpy as jnp
+from eoi_jax.training import data, train
+from eoi_jax.training.config import make_config
 if len(sys.argv) > 1:
   train.MAX_STEPS_IN_FLIGHT = int(sys.argv[1])
 config = make_config("mnist_mlp", dataset="synthetic", init="dense", depth=3, width=512,
                      epochs=1, batch_size=64, quiet=True, checkpoint=False, run_dir="unused")
-(x, y), (tx, ty) = data.datasets.synthetic(num_train=64, num_test=600 * 64)
-info = data.INFO["synthetic"]
-dataset = data.Dataset(data.Split(x, y), data.Split(x[:0], y[:0]), data.Split(tx, ty), info)
-trainer = train.Trainer(config, dataset=dataset)
-out = trainer.evaluate("test")
-print("EVALUATED", trainer.eval_loaders["test"].steps_per_epoch, out["test_loss"] > 0)
+(x, y), _ = data.synthetic(num_train=600 * 64, num_test=8)
+mesh = train.make_mesh(8)
+replicated = jax.sharding.NamedSharding(mesh, jax.P())
+loader = data.Loader(data.Split(x, y), 64, mesh, train=False)
+spec, state, _ = train.create_train_state(
+    config, data.SPECS["synthetic"].info, (jnp.zeros((64, 8, 8, 1)), jnp.zeros(64, jnp.int32)),
+    600, replicated)
+eval_fn = jax.jit(functools.partial(train.eval_step, spec))
+zeros = jax.device_put(train.zero_metrics(), replicated)
+out = train.evaluate(eval_fn, state, loader, "test", zeros)
+print("EVALUATED", loader.steps_per_epoch, out["test_loss"] > 0)
 """
 
 

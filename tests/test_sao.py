@@ -5,8 +5,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from eoi_jax import masking, models, sao
 from flax import nnx
+
+from eoi_jax import layers, masking
+from eoi_jax.methods import sao
+from eoi_jax.training import models
 
 
 def _wide_center(weight, shape):
@@ -98,17 +101,17 @@ def test_whole_network_keeps_the_ends_dense():
   model = models.build("mlp", (28, 28, 1), 10, depth=6, width=128)
   spec = model.sparsity_spec()
   params = nnx.state(model, nnx.Param)
-  with pytest.raises(ValueError, match="layer 'a_input/kernel'.*Valid degrees"):
+  with pytest.raises(ValueError, match="layer 'input_layer/kernel'.*Valid degrees"):
     sao.sao_params(jax.random.key(0), params, degree=16, stacked=spec.stacked)
   with pytest.raises(ValueError, match="dense names no maskable layers"):
     sao.sao_params(jax.random.key(0), params, degree=16, dense=["nope"], stacked=spec.stacked)
   out = sao.sao_params(jax.random.key(0), params, density=0.125, dense=spec.ends,
                        bias_std=0.01, stacked=spec.stacked)
-  leaves = dict(masking.named_leaves(out.params))
-  masks = dict(masking.named_leaves(out.masks))
-  stack = np.asarray(leaves["b_hidden/kernel"])
+  leaves = dict(layers.named_leaves(out.params))
+  masks = dict(layers.named_leaves(out.masks))
+  stack = np.asarray(leaves["hidden_layers/kernel"])
   assert stack.shape == (4, 128, 128)
-  for w, m in zip(stack, np.asarray(masks["b_hidden/kernel"])):
+  for w, m in zip(stack, np.asarray(masks["hidden_layers/kernel"])):
     np.testing.assert_array_equal(m, w != 0)
     assert np.all(m.sum(0) == 16) and np.all(m.sum(1) == 16)
     np.testing.assert_allclose(w.T @ w, np.eye(128), atol=1e-5)
@@ -118,10 +121,10 @@ def test_whole_network_keeps_the_ends_dense():
     w = np.asarray(leaves[end])
     gram = w.T @ w if w.shape[0] >= w.shape[1] else w @ w.T
     np.testing.assert_allclose(gram, np.eye(min(w.shape)), atol=1e-5)
-  assert 0 < float(np.std(leaves["b_hidden/bias"])) < 0.02
+  assert 0 < float(np.std(leaves["hidden_layers/bias"])) < 0.02
   rows = {r.name: r for r in out.summary.rows}
-  assert rows["b_hidden/kernel"].realised == pytest.approx(0.125)
-  assert rows["a_input/kernel"].requested == 1.0
+  assert rows["hidden_layers/kernel"].realised == pytest.approx(0.125)
+  assert rows["input_layer/kernel"].requested == 1.0
 
 
 def test_whole_network_conv():
@@ -129,10 +132,10 @@ def test_whole_network_conv():
   spec = model.sparsity_spec()
   params = nnx.state(model, nnx.Param)
   out = sao.sao_params(jax.random.key(1), params, degree=4, dense=spec.ends, stacked=spec.stacked)
-  for layer in masking.layers(params, stacked=spec.stacked):
-    w = np.asarray(dict(masking.named_leaves(out.params))[layer.name]).reshape(
+  for layer in layers.layout(params, stacked=spec.stacked).layers:
+    w = np.asarray(dict(layers.named_leaves(out.params))[layer.name]).reshape(
         (-1,) + layer.shape)
-    m = np.asarray(dict(masking.named_leaves(out.masks))[layer.name]).reshape(w.shape)
+    m = np.asarray(dict(layers.named_leaves(out.masks))[layer.name]).reshape(w.shape)
     for kernel, kmask in zip(w, m):
       center = kernel[tuple(k // 2 for k in layer.shape[:-2])]
       if layer.name in spec.ends:

@@ -13,9 +13,11 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from eoi_jax import cli, diagnostics, masking, models
-from eoi_jax.config import Config, make_config
-from eoi_jax.train import Trainer, TrainingDiverged, train
+from eoi_jax import layers
+from eoi_jax.training import cli, diagnostics, models, train as train_lib
+from eoi_jax.training.checkpoints import CheckpointStore
+from eoi_jax.training.config import make_config
+from eoi_jax.training.train import TrainingDiverged, train, train_and_evaluate
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -49,7 +51,7 @@ def _params_equal(a, b, exact=True, rtol=1e-5, atol=1e-6):
 def test_models_build_run_and_expose_kernels(name, shape, kwargs):
   model = models.build(name, shape, 10, **kwargs)
   spec = model.sparsity_spec()
-  names = [l.name for l in masking.layers(nnx.state(model, nnx.Param), stacked=spec.stacked)]
+  names = [l.name for l in layers.layout(nnx.state(model, nnx.Param), stacked=spec.stacked)]
   assert spec.ends[0] in names and spec.ends[1] in names
   out = nnx.jit(lambda m, x: m(x))(model, jnp.ones((2,) + shape))
   assert out.shape == (2, 10)
@@ -104,67 +106,63 @@ def test_training_learns_and_writes_outputs(tmp_path):
 @pytest.mark.parametrize("init", ["eoi", "random", "dense", "snip", "grasp+eoi", "synflow",
                                   "synflow+ai", "sao"])
 def test_masked_weights_stay_zero_through_training(tmp_path, init):
-  trainer = Trainer(_config(tmp_path, init=init, optimizer="adamw", epochs=1, checkpoint=False,
-                            ai_steps=20))
-  before = trainer.masks
-  trainer.run()
-  for p, m in zip(jax.tree.leaves(trainer.state.params), jax.tree.leaves(before)):
+  result = train_and_evaluate(_config(tmp_path, init=init, optimizer="adamw", epochs=1,
+                                      checkpoint=False, ai_steps=20))
+  for p, m in zip(jax.tree.leaves(result.state.params), jax.tree.leaves(result.state.masks)):
     p, m = np.asarray(p), np.asarray(m)
     if m.shape == p.shape:
       assert np.all(p[~m] == 0)
-  density = trainer.sparsity.density
+  density = result.sparsity.density
   if init == "sao":  # SAO keeps the first and last layer dense
-    rows = {r.name: r.realised for r in trainer.sparsity.rows}
-    assert rows["b_hidden/kernel"] == 0.25 and rows["a_input/kernel"] == 1.0
+    rows = {r.name: r.realised for r in result.sparsity.rows}
+    assert rows["hidden_layers/kernel"] == 0.25 and rows["input_layer/kernel"] == 1.0
   else:
     assert (density == 1.0) if init == "dense" else abs(density - 0.25) < 0.02
 
 
 def test_sharded_step_matches_single_device(tmp_path):
-  one = Trainer(_config(tmp_path, "one", devices=1, epochs=1, checkpoint=False))
-  eight = Trainer(_config(tmp_path, "eight", devices=8, epochs=1, checkpoint=False))
-  assert eight.mesh.devices.size == 8
-  one.run()
-  eight.run()
+  one = train_and_evaluate(_config(tmp_path, "one", devices=1, epochs=1, checkpoint=False))
+  eight = train_and_evaluate(_config(tmp_path, "eight", devices=8, epochs=1, checkpoint=False))
+  assert eight.summary["devices"] == 8 and one.summary["devices"] == 1
   _params_equal(one.state.params, eight.state.params, exact=False, rtol=1e-4, atol=1e-5)
 
 
 def test_resume_equals_uninterrupted_run_bit_for_bit(tmp_path):
-  full = Trainer(_config(tmp_path, "full", epochs=3))
-  full_summary = full.run()
-  interrupted = Trainer(_config(tmp_path, "resumed", epochs=3))
-  interrupted.run(stop_after_epoch=1)
-  resumed = Trainer(_config(tmp_path, "resumed", epochs=3))
-  resumed_summary = resumed.run()
+  full = train_and_evaluate(_config(tmp_path, "full", epochs=3))
+  train_and_evaluate(_config(tmp_path, "resumed", epochs=3), stop_after_epoch=1)
+  resumed = train_and_evaluate(_config(tmp_path, "resumed", epochs=3))
   _params_equal(full.state.params, resumed.state.params, exact=True)
   _params_equal(full.state.opt_state, resumed.state.opt_state, exact=True)
-  assert resumed_summary["test_accuracy"] == full_summary["test_accuracy"]
+  assert resumed.summary["test_accuracy"] == full.summary["test_accuracy"]
+  assert resumed.summary["params_fingerprint"] == full.summary["params_fingerprint"]
   lines = (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()
   assert [json.loads(l)["epoch"] for l in lines] == [0, 1, 2]
   # The masks come back from the checkpoint with the optimizer state.
-  _params_equal(resumed.state.opt_state.masks, full.masks, exact=True)
+  _params_equal(resumed.state.masks, full.state.masks, exact=True)
 
 
 def test_resume_refuses_a_different_config(tmp_path):
-  Trainer(_config(tmp_path, "a", epochs=2)).run(stop_after_epoch=1)
+  train_and_evaluate(_config(tmp_path, "a", epochs=2), stop_after_epoch=1)
   with pytest.raises(ValueError, match="different config"):
-    Trainer(_config(tmp_path, "a", epochs=2, density=0.5)).run()
+    train_and_evaluate(_config(tmp_path, "a", epochs=2, density=0.5))
 
 
-def test_nan_guard_stops_and_keeps_the_last_good_checkpoint(tmp_path):
-  trainer = Trainer(_config(tmp_path, "nan", epochs=3))
-  trainer.run(stop_after_epoch=1)
-  good = jax.tree.map(np.asarray, trainer.state.params)
-  broken = Trainer(_config(tmp_path, "nan", epochs=3))
-  broken._restore()
-  broken.state = broken.state._replace(
-      params=jax.tree.map(lambda p: p * jnp.nan, broken.state.params))
-  broken._restore = lambda: 1
-  with pytest.raises(TrainingDiverged, match="epoch 0"):
-    broken.run()
-  check = Trainer(_config(tmp_path, "nan", epochs=3))
-  assert check._restore() == 1
-  _params_equal(check.state.params, good, exact=True)
+def test_nan_guard_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+  good = train_and_evaluate(_config(tmp_path, "nan", epochs=3), stop_after_epoch=1)
+  step = train_lib.train_step
+
+  def poisoned(spec, state, batch, sums):
+    state, sums = step(spec, state, batch, sums)
+    return state._replace(params=jax.tree.map(lambda p: p * jnp.nan, state.params)), sums
+
+  monkeypatch.setattr(train_lib, "train_step", poisoned)
+  with pytest.raises(TrainingDiverged, match=r"epoch 1 .*last good checkpoint \(epoch 0\)"):
+    train_and_evaluate(_config(tmp_path, "nan", epochs=3))
+  with CheckpointStore(tmp_path / "nan" / "checkpoints") as store:
+    assert store.steps() == [0]
+    step_restored, restored = store.restore_latest(good.state)
+  assert step_restored == 0
+  _params_equal(restored.params, good.state.params, exact=True)
 
 
 def test_jacobian_singular_values():
@@ -227,8 +225,8 @@ jax.config.update("jax_num_cpu_devices", 2)
 jax.config.update("jax_cpu_collectives_implementation", "gloo")
 jax.distributed.initialize(coordinator_address=sys.argv[1], num_processes=2,
                            process_id=int(sys.argv[2]))
-from eoi_jax.config import make_config
-from eoi_jax.train import train
+from eoi_jax.training.config import make_config
+from eoi_jax.training.train import train
 cfg = make_config("mnist_mlp", dataset="synthetic", depth=3, width=16, epochs=2, batch_size=64,
                   density=0.25, lr=0.05, quiet=True, run_dir=sys.argv[3])
 summary = train(cfg)
@@ -254,7 +252,7 @@ def test_two_process_distributed_run_agrees(tmp_path):
   assert (tmp_path / "dist" / "summary.json").exists()
 
 
-from eoi_jax import data as _data  # noqa: E402
+from eoi_jax.training import data as _data  # noqa: E402
 
 _REAL = Path(os.environ.get("EOI_DATA_DIR", _data.default_data_dir()))
 
@@ -270,11 +268,10 @@ def test_main_job_on_real_mnist(tmp_path):
 
 
 def test_batch_norm_model_trains_and_updates_statistics(tmp_path):
-  trainer = Trainer(_config(tmp_path, model="resnet32", activation="relu", epochs=1,
-                            checkpoint=False, lr=0.05))
-  before = jax.tree.map(np.asarray, trainer.state.other)
-  summary = trainer.run()
-  after = jax.tree.map(np.asarray, trainer.state.other)
-  changed = [not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(before), jax.tree.leaves(after))]
+  result = train_and_evaluate(_config(tmp_path, model="resnet32", activation="relu", epochs=1,
+                                      checkpoint=False, lr=0.05))
+  fresh = nnx.state(models.build("resnet32", (8, 8, 1), 10), nnx.Not(nnx.Param))
+  changed = [not np.array_equal(np.asarray(a), np.asarray(b))
+             for a, b in zip(jax.tree.leaves(fresh), jax.tree.leaves(result.state.other))]
   assert any(changed)  # running statistics moved
-  assert np.isfinite(summary["train_loss"])
+  assert np.isfinite(result.summary["train_loss"])

@@ -18,19 +18,16 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from eoi_jax import _checks, masking
-from eoi_jax.masking import Filter, Stacked
-from eoi_jax.sparse_init import regenerate_layers
+from eoi_jax import _validation, kernels, layers
+from eoi_jax.layers import Filter, Layout, Stacked
+from eoi_jax.methods.network import regenerate_layers
 
 
 def delta_orthogonal(key, shape, gain=1.0, dtype=jnp.float32):
   """Orthogonal ``(in, out)`` matrix at the centre tap of ``(*spatial, in, out)``."""
   shape = tuple(shape)
   center = jax.nn.initializers.orthogonal(gain)(key, shape[-2:], jnp.float32)
-  if len(shape) == 2:
-    return center.astype(dtype)
-  index = tuple(k // 2 for k in shape[:-2])
-  return jnp.zeros(shape, dtype).at[index].set(center.astype(dtype))
+  return kernels.place_at_center(center.astype(dtype), shape)
 
 
 @functools.partial(jax.jit, static_argnames=("shape", "dtype"))
@@ -88,7 +85,7 @@ def block_orthogonal_conv(key, shape, gain=1.0, dtype=jnp.float32):
   Returns:
     The kernel; with circular padding, ``||conv(x)|| = gain * ||x||``.
   """
-  shape = _checks.check_shape(shape, (4,))
+  shape = _validation.check_shape(shape, (4,))
   k, k2, cin, cout = shape
   if k != k2:
     raise ValueError(f"shape must have square spatial size, got {shape}")
@@ -107,7 +104,7 @@ def block_orthogonal_conv(key, shape, gain=1.0, dtype=jnp.float32):
 
 
 def sparse_kaiming(key, params, masks, *, gain=2.0 ** 0.5, filter: Filter | None = None,
-                   stacked: Stacked = None):
+                   stacked: Stacked = None, layout: Layout | None = None):
   """Kaiming-normal values scaled to each output unit's sparse fan-in.
 
   Entry ``(..., i, o)`` of a kernel is ``N(0, gain**2 / fan_in(o))`` where
@@ -118,11 +115,12 @@ def sparse_kaiming(key, params, masks, *, gain=2.0 ** 0.5, filter: Filter | None
     key: a ``jax.random`` key (layer ``i`` uses ``fold_in(key, i)``).
     params: params tree; masks: its mask tree.
     gain: ``sqrt(2)`` for ReLU (Kaiming), 1 for linear/tanh.
-    filter, stacked: as in :func:`eoi_jax.masking.layers`.
+    filter, stacked, layout: as in :func:`eoi_jax.layers.resolve`.
   """
-  _checks.check_gain(gain)
-  index = {l.name: i for i, l in enumerate(masking.layers(params, filter, stacked))}
-  mask_leaves = dict(masking.named_leaves(masks))
+  _validation.check_gain(gain)
+  layout = layers.resolve(params, filter, stacked, layout)
+  index = {name: i for i, name in enumerate(layout.names)}
+  mask_leaves = layout.leaves(masks)
 
   def make(layer, leaf):
     mask = jnp.broadcast_to(mask_leaves[layer.name], jnp.shape(leaf))
@@ -132,29 +130,34 @@ def sparse_kaiming(key, params, masks, *, gain=2.0 ** 0.5, filter: Filter | None
     values = gain * noise / jnp.sqrt(fan_in)
     return jnp.where(per_layer, values, 0).reshape(jnp.shape(leaf)).astype(leaf.dtype)
 
-  return masking.map_layers(make, params, filter, stacked, other=lambda leaf: leaf)
+  return layout.map(make, params, other=lambda leaf: leaf)
 
 
 def orthogonal_params(key, params, *, gain=1.0, bias_std=0.0, filter: Filter | None = None,
-                      stacked: Stacked = None):
+                      stacked: Stacked = None, layout: Layout | None = None):
   """Dense (delta-)orthogonal kernels for every maskable layer.
 
   Args:
     key: a ``jax.random`` key (kernels and biases as in
-      :func:`eoi_jax.sparse_init.regenerate_layers`).
+      :func:`eoi_jax.methods.network.regenerate_layers`).
     params: params tree.
     gain: ``sigma_w``.
     bias_std: biases beside the kernels are drawn from ``N(0, bias_std**2)``.
-    filter, stacked: as in :func:`eoi_jax.masking.layers`.
+    filter, stacked, layout: as in :func:`eoi_jax.layers.resolve`.
 
   Returns:
     The new params tree.
   """
-  _checks.check_gain(gain)
+  layout = layers.resolve(params, filter, stacked, layout)
+  return orthogonal_network(key, params, layout, _validation.check_gain(gain),
+                            _validation.check_non_negative(bias_std, "bias_std"))
+
+
+def orthogonal_network(key, params, layout: Layout, gain, bias_std):
+  """:func:`orthogonal_params` on checked arguments."""
 
   def generate(keys, shape, dtype, group):
-    return (delta_orthogonal_batch(keys, shape, gain, dtype),)
+    return delta_orthogonal_batch(keys, shape, gain, dtype), None
 
-  new_params, _ = regenerate_layers(key, params, generate, bias_std=bias_std, filter=filter,
-                                    stacked=stacked)
+  new_params, _ = regenerate_layers(key, params, layout, generate, bias_std=bias_std)
   return new_params

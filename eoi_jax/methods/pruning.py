@@ -1,7 +1,7 @@
 """Pruning at initialisation: SNIP, GraSP and SynFlow masks, jitted.
 
 Each method scores every entry of the maskable layers (see
-:mod:`eoi_jax.masking`) and keeps a global top-k: exactly
+:mod:`eoi_jax.layers`) and keeps a global top-k: exactly
 ``round(density * N)`` entries over all ``N`` maskable entries, ties broken by
 position. They take a params tree and ``apply_fn(params, x) -> logits``, so
 they work with any model, e.g. for NNX:
@@ -31,36 +31,17 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from eoi_jax import _checks, masking
-from eoi_jax._counts import count_for_density
-from eoi_jax._select import keep_top
-from eoi_jax.masking import Filter, Stacked
+from eoi_jax import _validation, layers
+from eoi_jax.counts import count_for_density
+from eoi_jax.layers import Filter, Layout, Stacked
+from eoi_jax.topk import keep_top
 
 
-def _maskable(params, filter, stacked):
-  """The maskable layers of ``params`` and their total number of entries."""
-  layer_list = masking.layers(params, filter, stacked)
-  if not layer_list:
+def _maskable(params, filter, stacked, layout) -> Layout:
+  layout = layers.resolve(params, filter, stacked, layout)
+  if not layout.layers:
     raise ValueError("params has no maskable layers")
-  return layer_list, sum(l.size for l in layer_list)
-
-
-def _flat_scores(score_tree, layer_list):
-  by_name = dict(masking.named_leaves(score_tree))
-  return jnp.concatenate([by_name[l.name].reshape(-1) for l in layer_list])
-
-
-def _unflatten_masks(keep, params, layer_list, filter, stacked):
-  offsets, start = {}, 0
-  for l in layer_list:
-    offsets[l.name] = (start, start + l.size)
-    start += l.size
-
-  def make(layer, leaf):
-    a, b = offsets[layer.name]
-    return keep[a:b].reshape(jnp.shape(leaf))
-
-  return masking.map_layers(make, params, filter, stacked)
+  return layout
 
 
 def _cross_entropy(logits, labels):
@@ -68,7 +49,7 @@ def _cross_entropy(logits, labels):
 
 
 def snip(params, apply_fn, batch, density, *, filter: Filter | None = None,
-         stacked: Stacked = None):
+         stacked: Stacked = None, layout: Layout | None = None):
   """SNIP masks: keep the ``density`` share of entries with the largest ``|g * w|``.
 
   Args:
@@ -76,35 +57,44 @@ def snip(params, apply_fn, batch, density, *, filter: Filter | None = None,
     apply_fn: ``(params, x) -> logits``.
     batch: ``(x, labels)``; the paper uses one batch of 128.
     density: overall density of the maskable layers, in (0, 1].
-    filter, stacked: as in :func:`eoi_jax.masking.layers`.
+    filter, stacked, layout: as in :func:`eoi_jax.layers.resolve`.
 
   Returns:
     A mask tree.
   """
-  d = _checks.check_density(density)
-  layer_list, total = _maskable(params, filter, stacked)
+  return snip_network(params, apply_fn, batch, _validation.check_density(density),
+                      _maskable(params, filter, stacked, layout))
+
+
+def snip_network(params, apply_fn, batch, d: float, layout: Layout):
+  """:func:`snip` on checked arguments."""
 
   @jax.jit
   def scores(params, x, y):
     grads = jax.grad(lambda p: _cross_entropy(apply_fn(p, x), y))(params)
-    return _flat_scores(jax.tree.map(lambda g, w: jnp.abs(g * w), grads, params), layer_list)
+    return layout.flatten(jax.tree.map(lambda g, w: jnp.abs(g * w), grads, params))
 
-  keep = keep_top(scores(params, *batch), count_for_density(d, total))
-  return _unflatten_masks(keep, params, layer_list, filter, stacked)
+  keep = keep_top(scores(params, *batch), count_for_density(d, layout.total_size))
+  return layout.unflatten(keep, params)
 
 
 def grasp(params, apply_fn, batch, density, *, temperature: float = 200.0,
-          filter: Filter | None = None, stacked: Stacked = None):
+          filter: Filter | None = None, stacked: Stacked = None, layout: Layout | None = None):
   """GraSP masks: keep the ``density`` share with the smallest ``-w * (H g)``.
 
   ``g`` is the gradient of the cross-entropy of ``logits / temperature`` and
   ``H g`` its Hessian-gradient product (forward-over-reverse: the JVP of the
   gradient along ``g``).
   """
-  d = _checks.check_density(density)
+  d = _validation.check_density(density)
   if not temperature > 0:
     raise ValueError(f"temperature must be > 0, got {temperature}")
-  layer_list, total = _maskable(params, filter, stacked)
+  return grasp_network(params, apply_fn, batch, d, _maskable(params, filter, stacked, layout),
+                       temperature)
+
+
+def grasp_network(params, apply_fn, batch, d: float, layout: Layout, temperature=200.0):
+  """:func:`grasp` on checked arguments."""
 
   @jax.jit
   def scores(params, x, y):
@@ -112,14 +102,16 @@ def grasp(params, apply_fn, batch, density, *, temperature: float = 200.0,
     grad_fn = jax.grad(loss)
     g = jax.lax.stop_gradient(grad_fn(params))
     _, hg = jax.jvp(grad_fn, (params,), (g,))
-    return _flat_scores(jax.tree.map(lambda w, h: -w * h, params, hg), layer_list)
+    return layout.flatten(jax.tree.map(lambda w, h: -w * h, params, hg))
 
-  keep = keep_top(scores(params, *batch), count_for_density(d, total), largest=False)
-  return _unflatten_masks(keep, params, layer_list, filter, stacked)
+  keep = keep_top(scores(params, *batch), count_for_density(d, layout.total_size),
+                  largest=False)
+  return layout.unflatten(keep, params)
 
 
 def synflow(params, apply_fn, input_shape, density, *, iterations: int = 100,
-            float64: bool = False, filter: Filter | None = None, stacked: Stacked = None):
+            float64: bool = False, filter: Filter | None = None, stacked: Stacked = None,
+            layout: Layout | None = None):
   """SynFlow masks, pruned iteratively without data.
 
   Args:
@@ -130,35 +122,40 @@ def synflow(params, apply_fn, input_shape, density, *, iterations: int = 100,
     density: final overall density, in (0, 1].
     iterations: rounds; round ``t`` keeps ``density ** ((t + 1) / iterations)``.
     float64: score in float64 (requires ``jax_enable_x64``).
-    filter, stacked: as in :func:`eoi_jax.masking.layers`.
+    filter, stacked, layout: as in :func:`eoi_jax.layers.resolve`.
 
   Returns:
     A mask tree.
   """
-  d = _checks.check_density(density)
+  d = _validation.check_density(density)
   if int(iterations) < 1:
     raise ValueError(f"iterations must be >= 1, got {iterations}")
   if float64 and not jax.config.jax_enable_x64:
     raise ValueError("float64=True needs jax.config.update('jax_enable_x64', True)")
-  layer_list, total = _maskable(params, filter, stacked)
+  return synflow_network(params, apply_fn, input_shape, d,
+                         _maskable(params, filter, stacked, layout), int(iterations), float64)
+
+
+def synflow_network(params, apply_fn, input_shape, d: float, layout: Layout,
+                    iterations: int = 100, float64: bool = False):
+  """:func:`synflow` on checked arguments."""
+  total = layout.total_size
   dtype = jnp.float64 if float64 else jnp.float32
   counts = jnp.asarray([count_for_density(d ** ((t + 1) / iterations), total)
                         for t in range(int(iterations))], jnp.int32)
   ones = jnp.ones((1,) + tuple(input_shape), dtype)
   abs_params = jax.tree.map(lambda w: jnp.abs(w).astype(dtype), params)
-  full = masking.full_masks(params, filter, stacked)
 
   @jax.jit
   def run(abs_params):
     def round_(t, keep):
-      masks = _unflatten_masks(keep, params, layer_list, filter, stacked)
+      masks = layout.unflatten(keep, params)
       masked = jax.tree.map(lambda w, m: jnp.where(m, w, 0), abs_params, masks)
       grads = jax.grad(lambda p: jnp.sum(apply_fn(p, ones)))(masked)
-      scores = _flat_scores(jax.tree.map(lambda g, w: jnp.abs(g * w), grads, masked), layer_list)
+      scores = layout.flatten(jax.tree.map(lambda g, w: jnp.abs(g * w), grads, masked))
       return keep_top(jnp.where(keep, scores, -1.0), counts[t])
 
-    start = _flat_scores(full, layer_list)
-    return jax.lax.fori_loop(0, int(iterations), round_, start)
+    return jax.lax.fori_loop(0, int(iterations), round_, jnp.ones((total,), jnp.bool_))
 
   keep = run(abs_params)
-  return _unflatten_masks(keep, params, layer_list, filter, stacked)
+  return layout.unflatten(keep, params)

@@ -39,24 +39,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from eoi_jax import _checks, masking, summary
-from eoi_jax._counts import count_for_density
-from eoi_jax.baselines import delta_orthogonal_batch
-from eoi_jax.eoi import compute_dtype
-from eoi_jax.masking import Filter, Stacked
-from eoi_jax.sparse_init import SparseInit, regenerate_layers
-
-
-def _wide(shape):
-  fan_in, fan_out = shape[-2:]
-  return min(fan_in, fan_out), max(fan_in, fan_out)
-
-
-def _check_kernel_shape(shape):
-  shape = _checks.check_shape(shape, (2, 3, 4, 5))
-  if any(k % 2 == 0 for k in shape[:-2]):
-    raise ValueError(f"shape must have odd spatial sizes for SAO's centre tap, got {shape}")
-  return shape
+from eoi_jax import _validation, kernels, layers, summary
+from eoi_jax.counts import count_for_density
+from eoi_jax.kernels import check_kernel_shape, wide_shape
+from eoi_jax.layers import Filter, Layout, Stacked
+from eoi_jax.methods.dense import delta_orthogonal_batch
+from eoi_jax.methods.network import SparseInit, regenerate_layers
 
 
 def _check_one_of(degree, density):
@@ -72,12 +60,12 @@ def valid_degrees(shape) -> tuple[int, ...]:
   divides ``cols = max(in, out)`` and ``min(in, out) * d`` is a multiple of
   ``cols``. The density of degree ``d`` is ``d / cols``.
   """
-  rows, cols = _wide(_check_kernel_shape(shape))
+  rows, cols = wide_shape(check_kernel_shape(shape))
   return tuple(d for d in range(1, cols + 1) if cols % d == 0 and (rows * d) % cols == 0)
 
 
 def _invalid_degree_message(shape, degree, what):
-  rows, cols = _wide(shape)
+  rows, cols = wide_shape(shape)
   options = ", ".join(f"{d} (density {d / cols:.4g})" for d in valid_degrees(shape))
   return (f"{what} gives degree {degree}, which SAO cannot build for a kernel of shape "
           f"{tuple(shape)}: the degree must divide max(in, out) = {cols} and "
@@ -87,7 +75,7 @@ def _invalid_degree_message(shape, degree, what):
 
 def check_degree(shape, degree) -> int:
   """Returns ``degree`` as an int after checking SAO can build it for ``shape``."""
-  shape = _check_kernel_shape(shape)
+  shape = check_kernel_shape(shape)
   if isinstance(degree, bool) or not isinstance(degree, (int, np.integer)):
     raise ValueError(f"degree must be a positive int, got {degree!r}")
   degree = int(degree)
@@ -103,9 +91,9 @@ def degree_for_density(shape, density) -> int:
     ValueError: the density is outside (0, 1], or the nearest degree is not
       valid for ``shape`` (the message lists the valid ones).
   """
-  shape = _check_kernel_shape(shape)
-  d = _checks.check_density(density)
-  _, cols = _wide(shape)
+  shape = check_kernel_shape(shape)
+  d = _validation.check_density(density)
+  _, cols = wide_shape(shape)
   degree = count_for_density(d, cols)
   if degree not in valid_degrees(shape):
     raise ValueError(_invalid_degree_message(shape, degree, f"density={density!r}"))
@@ -147,36 +135,35 @@ def sao_kernel(key, shape, *, degree: int | None = None, density=None, gain=1.0,
   Example:
     >>> w, m = sao_kernel(jax.random.key(0), (3, 3, 64, 128), density=0.125)
   """
-  shape = _check_kernel_shape(shape)
+  shape = check_kernel_shape(shape)
   _check_one_of(degree, density)
   degree = check_degree(shape, degree) if degree is not None else degree_for_density(shape,
                                                                                      density)
-  _checks.check_gain(gain)
-  fan_in, fan_out = shape[-2:]
-  rows, cols = _wide(shape)
-  wide = _wide_matrix(key, rows, cols, degree, compute_dtype(dtype))
-  center = (gain * (wide.T if fan_in >= fan_out else wide)).astype(dtype)
-  center_mask = center != 0
-  if len(shape) == 2:
-    return center, center_mask
-  index = tuple(k // 2 for k in shape[:-2])
-  weight = jnp.zeros(shape, dtype).at[index].set(center)
-  return weight, jnp.broadcast_to(center_mask, shape)
+  _validation.check_gain(gain)
+  return _sao_kernel(key, shape, degree, gain, kernels.check_float_dtype(dtype))
+
+
+def _sao_kernel(key, shape, degree, gain, dtype):
+  rows, cols = wide_shape(shape)
+  wide = _wide_matrix(key, rows, cols, degree, kernels.compute_dtype(dtype))
+  center = (gain * kernels.from_wide(wide, *shape[-2:])).astype(dtype)
+  return kernels.place_at_center(center, shape), jnp.broadcast_to(center != 0, shape)
 
 
 @functools.partial(jax.jit, static_argnames=("shape", "degree", "dtype"))
 def _sao_batch(keys, shape, degree, gain, dtype):
-  return jax.vmap(lambda k: sao_kernel(k, shape, degree=degree, gain=gain, dtype=dtype))(keys)
+  return jax.vmap(lambda k: _sao_kernel(k, shape, degree, gain, dtype))(keys)
 
 
 def sao_params(key, params, *, density=None, degree: int | None = None,
                dense: Sequence[str] = (), gain=1.0, bias_std=0.0,
-               filter: Filter | None = None, stacked: Stacked = None) -> SparseInit:
+               filter: Filter | None = None, stacked: Stacked = None,
+               layout: Layout | None = None) -> SparseInit:
   """SAO for every maskable layer of a network, the ``dense`` layers kept dense.
 
   Args:
     key: a ``jax.random`` key (kernels and biases as in
-      :func:`eoi_jax.sparse_init.regenerate_layers`).
+      :func:`eoi_jax.methods.network.regenerate_layers`).
     params: params tree (dict or ``nnx.State``).
     density: one density for all sparse layers, converted per layer by
       :func:`degree_for_density`; or
@@ -186,26 +173,31 @@ def sao_params(key, params, *, density=None, degree: int | None = None,
       mask; the authors keep the first and the last layer dense.
     gain: ``sigma_w``.
     bias_std: biases beside the kernels are drawn from ``N(0, bias_std**2)``.
-    filter, stacked: as in :func:`eoi_jax.masking.layers`.
+    filter, stacked, layout: as in :func:`eoi_jax.layers.resolve`.
 
   Returns:
-    A :class:`eoi_jax.sparse_init.SparseInit`; its summary's requested
-    density is each sparse layer's ``degree / max(in, out)`` (1 for dense
-    layers).
+    A :class:`eoi_jax.methods.SparseInit`; its summary's requested density is
+    each sparse layer's ``degree / max(in, out)`` (1 for dense layers).
 
   Raises:
     ValueError: a sparse layer admits no such degree (the message names the
       layer and lists its valid degrees), or ``dense`` names no maskable layer.
   """
   _check_one_of(degree, density)
-  _checks.check_gain(gain)
-  layer_list = masking.layers(params, filter, stacked)
-  names = {l.name for l in layer_list}
-  unknown = sorted(set(dense) - names)
+  layout = layers.resolve(params, filter, stacked, layout)
+  degrees = layer_degrees(layout, density=density, degree=degree, dense=dense)
+  return sao_network(key, params, layout, degrees, _validation.check_gain(gain),
+                     _validation.check_non_negative(bias_std, "bias_std"))
+
+
+def layer_degrees(layout: Layout, *, density=None, degree=None, dense: Sequence[str] = ()):
+  """``{name: degree}`` of every layer not in ``dense``; errors name the layer."""
+  unknown = sorted(set(dense) - set(layout.names))
   if unknown:
-    raise ValueError(f"dense names no maskable layers: {unknown}; maskable: {sorted(names)}")
+    raise ValueError(f"dense names no maskable layers: {unknown}; maskable: "
+                     f"{sorted(layout.names)}")
   degrees = {}
-  for layer in layer_list:
+  for layer in layout.layers:
     if layer.name in dense:
       continue
     try:
@@ -213,6 +205,12 @@ def sao_params(key, params, *, density=None, degree: int | None = None,
                              else degree_for_density(layer.shape, density))
     except ValueError as e:
       raise ValueError(f"layer {layer.name!r}: {e}") from None
+  return degrees
+
+
+def sao_network(key, params, layout: Layout, degrees, gain, bias_std) -> SparseInit:
+  """:func:`sao_params` on checked arguments (``degrees`` from :func:`layer_degrees`;
+  layers without a degree are kept dense)."""
 
   def generate(keys, shape, dtype, group):
     weights, masks, start = [], [], 0
@@ -228,13 +226,10 @@ def sao_params(key, params, *, density=None, degree: int | None = None,
       masks.append(m)
     return jnp.concatenate(weights), jnp.concatenate(masks)
 
-  new_params, outputs = regenerate_layers(key, params, generate, bias_std=bias_std,
-                                          filter=filter, stacked=stacked)
-  mask_tree = masking.map_layers(lambda layer, leaf: outputs[layer.name][1], params, filter,
-                                 stacked)
+  new_params, mask_tree = regenerate_layers(key, params, layout, generate, bias_std=bias_std)
   requested = {
-      l.name: (degrees[l.name] / _wide(l.shape)[1] if l.name in degrees else 1.0)
-      for l in layer_list
+      l.name: (degrees[l.name] / wide_shape(l.shape)[1] if l.name in degrees else 1.0)
+      for l in layout.layers
   }
-  report = summary.sparsity_summary(new_params, mask_tree, requested, filter, stacked)
+  report = summary.sparsity_summary(new_params, mask_tree, requested, layout=layout)
   return SparseInit(new_params, mask_tree, report)

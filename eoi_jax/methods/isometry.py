@@ -16,8 +16,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from eoi_jax import _checks, masking
-from eoi_jax.masking import Filter, Stacked
+from eoi_jax import _validation, layers
+from eoi_jax.layers import Filter, Layout, Stacked
 
 
 def _layer_loss(kernel, gain):
@@ -28,19 +28,22 @@ def _layer_loss(kernel, gain):
   return jnp.sqrt(jnp.sum((gram - gain**2 * eye) ** 2))
 
 
-def isometry_loss(params, *, gain=1.0, filter: Filter | None = None, stacked: Stacked = None):
+def _objective(kernels, layout: Layout, gain):
+  """Sum of :func:`_layer_loss` over ``{name: leaf}`` (each layer of a stack counted)."""
+  return sum(jnp.sum(jax.vmap(lambda k: _layer_loss(k, gain))(
+      kernels[l.name].reshape((l.num_layers,) + l.shape))) for l in layout.layers)
+
+
+def isometry_loss(params, *, gain=1.0, filter: Filter | None = None, stacked: Stacked = None,
+                  layout: Layout | None = None):
   """The AI objective of a params tree (each layer of a stack counted)."""
-  layer_list = masking.layers(params, filter, stacked)
-  leaves = dict(masking.named_leaves(params))
-  total = 0.0
-  for layer in layer_list:
-    kernels = leaves[layer.name].reshape((layer.num_layers,) + layer.shape)
-    total = total + jnp.sum(jax.vmap(lambda k: _layer_loss(k, gain))(kernels))
-  return total
+  layout = layers.resolve(params, filter, stacked, layout)
+  return _objective(layout.leaves(params), layout, gain)
 
 
 def approximate_isometry(params, masks, *, gain=1.0, steps: int = 10_000, learning_rate=0.1,
-                         filter: Filter | None = None, stacked: Stacked = None):
+                         filter: Filter | None = None, stacked: Stacked = None,
+                         layout: Layout | None = None):
   """Runs AI on the masked kernels of ``params``.
 
   Args:
@@ -49,42 +52,36 @@ def approximate_isometry(params, masks, *, gain=1.0, steps: int = 10_000, learni
     gain: ``sigma_w``.
     steps: gradient steps (the paper: 10,000; 1,000 for 1000-layer networks).
     learning_rate: plain SGD step size (the paper: 0.1).
-    filter, stacked: as in :func:`eoi_jax.masking.layers`.
+    filter, stacked, layout: as in :func:`eoi_jax.layers.resolve`.
 
   Returns:
     ``(params, losses)``: the optimised params and the objective before each
     step (``(steps,)``).
   """
-  _checks.check_gain(gain)
+  _validation.check_gain(gain)
   if int(steps) < 1:
     raise ValueError(f"steps must be >= 1, got {steps}")
   if not learning_rate > 0:
     raise ValueError(f"learning_rate must be > 0, got {learning_rate}")
-  layer_list = masking.layers(params, filter, stacked)
-  names = [l.name for l in layer_list]
-  leaves = dict(masking.named_leaves(params))
-  mask_leaves = dict(masking.named_leaves(masks))
-  kernels = {n: leaves[n] * mask_leaves[n] for n in names}
-  kernel_masks = {n: jnp.broadcast_to(mask_leaves[n], jnp.shape(leaves[n])) for n in names}
-  shapes = {l.name: (l.num_layers,) + l.shape for l in layer_list}
+  layout = layers.resolve(params, filter, stacked, layout)
+  return isometry_network(params, masks, layout, gain, int(steps), learning_rate)
 
-  def objective(kernels):
-    return sum(jnp.sum(jax.vmap(lambda k: _layer_loss(k, gain))(kernels[n].reshape(shapes[n])))
-               for n in names)
+
+def isometry_network(params, masks, layout: Layout, gain, steps: int, learning_rate):
+  """:func:`approximate_isometry` on checked arguments."""
+  leaves = layout.leaves(params)
+  mask_leaves = layout.leaves(masks)
+  kernels = {n: leaves[n] * mask_leaves[n] for n in layout.names}
+  kernel_masks = {n: jnp.broadcast_to(mask_leaves[n], jnp.shape(leaves[n])) for n in layout.names}
 
   @jax.jit
   def run(kernels):
     def step(kernels, _):
-      loss, grads = jax.value_and_grad(objective)(kernels)
+      loss, grads = jax.value_and_grad(lambda k: _objective(k, layout, gain))(kernels)
       kernels = jax.tree.map(lambda k, g, m: jnp.where(m, k - learning_rate * g, 0),
                              kernels, grads, kernel_masks)
       return kernels, loss
-    return jax.lax.scan(step, kernels, None, length=int(steps))
+    return jax.lax.scan(step, kernels, None, length=steps)
 
   kernels, losses = run(kernels)
-
-  def replace(path, leaf):
-    name = masking.path_name(path)
-    return kernels[name] if name in kernels else leaf
-
-  return jax.tree_util.tree_map_with_path(replace, params), losses
+  return layout.replace(params, kernels), losses

@@ -1,10 +1,15 @@
-"""EOI for Flax kernels: sparse orthogonal dense and delta-orthogonal conv kernels.
+"""EOI kernels in Flax layouts, and the kernel-shape helpers every generator shares.
 
 Layouts follow Flax: dense kernels are ``(in, out)``, conv kernels
 ``(*spatial, in, out)``. Every generator is a pure function of its key, works
 under ``jax.jit``, ``jax.vmap`` (over keys) and ``jax.eval_shape``, computes in
 float32 (float64 when that is requested and x64 is enabled) and casts at the
 end, and returns ``(weight, mask)`` with a boolean mask.
+
+The helpers (:func:`wide_shape`, :func:`from_wide`, :func:`place_at_center`,
+:func:`check_kernel_shape`, :func:`compute_dtype`) say how a kernel maps to
+the wide ``min(in, out) x max(in, out)`` matrix the constructions build; SAO
+and the dense baselines (:mod:`eoi_jax.methods`) use them too.
 """
 
 from __future__ import annotations
@@ -17,21 +22,103 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from eoi_jax import _checks
-from eoi_jax import givens
-from eoi_jax._counts import count_for_density
+from eoi_jax import _validation, givens
+from eoi_jax.counts import count_for_density
 
 Array = jax.Array
 
 
+# ----------------------------------------------------------------------------
+# Kernel-shape helpers.
+
+
 def compute_dtype(dtype):
   """Float dtype to generate in: float64 if requested (and enabled), else float32."""
-  dtype = jnp.dtype(dtype)
-  if not jnp.issubdtype(dtype, jnp.floating):
-    raise ValueError(f"dtype must be a floating dtype, got {dtype}")
-  if dtype == jnp.float64:
+  if jnp.dtype(dtype) == jnp.float64:
     return jax.dtypes.canonicalize_dtype(jnp.float64)
   return jnp.dtype(jnp.float32)
+
+
+def check_float_dtype(dtype, name: str = "dtype"):
+  """Returns ``jnp.dtype(dtype)`` after checking it is a floating dtype."""
+  try:
+    dtype = jnp.dtype(dtype)
+  except TypeError as e:
+    raise TypeError(f"{name} must be a floating dtype, got {dtype!r}") from e
+  if not jnp.issubdtype(dtype, jnp.floating):
+    raise ValueError(f"{name} must be a floating dtype, got {dtype}")
+  return dtype
+
+
+def check_kernel_shape(shape, ndims=(2, 3, 4, 5), name: str = "shape") -> tuple[int, ...]:
+  """A dense ``(in, out)`` or conv ``(*spatial, in, out)`` shape with odd spatial sizes."""
+  shape = _validation.check_shape(shape, ndims, name)
+  if any(k % 2 == 0 for k in shape[:-2]):
+    raise ValueError(f"{name} must have odd spatial sizes (a centre tap), got {shape}")
+  return shape
+
+
+def wide_shape(shape) -> tuple[int, int]:
+  """``(rows, cols) = (min(in, out), max(in, out))`` of a kernel's ``(in, out)`` matrix."""
+  fan_in, fan_out = shape[-2:]
+  return min(fan_in, fan_out), max(fan_in, fan_out)
+
+
+def from_wide(wide, fan_in: int, fan_out: int):
+  """The wide ``rows x cols`` matrix (orthonormal rows) in Flax's ``(in, out)`` layout.
+
+  Flax's kernel is the transpose of PyTorch's ``(out, in)`` weight, so the
+  reference construction (``A`` for ``out <= in``, ``A.T`` for ``out > in``
+  in PyTorch's layout) is ``A.T`` for ``in >= out`` and ``A`` for ``in < out``.
+  """
+  return wide.T if fan_in >= fan_out else wide
+
+
+def center_index(shape) -> tuple[int, ...]:
+  """Index of the centre tap of a ``(*spatial, in, out)`` kernel."""
+  return tuple(k // 2 for k in shape[:-2])
+
+
+def place_at_center(center, shape):
+  """A ``shape`` kernel holding ``center`` at its centre tap and zeros elsewhere."""
+  if len(shape) == 2:
+    return center
+  return jnp.zeros(shape, center.dtype).at[center_index(shape)].set(center)
+
+
+# ----------------------------------------------------------------------------
+# EOI kernels.
+
+
+def check_center_density(center_density, name: str = "center_density"):
+  """``None``, ``"sqrt"`` or a density in (0, 1] (returned as a float)."""
+  if center_density is None or (isinstance(center_density, str) and center_density == "sqrt"):
+    return center_density
+  if isinstance(center_density, str):
+    raise ValueError(
+        f"{name} must be None, 'sqrt' or a float in (0, 1], got {center_density!r}")
+  return _validation.check_density(center_density, name=name)
+
+
+def center_density_for(density: float, num_taps: int, center_density=None) -> float:
+  """Density of the centre tap of an EOI conv kernel.
+
+  Args:
+    density: target density of the whole kernel, in (0, 1].
+    num_taps: number of spatial taps ``K`` (9 for 3x3).
+    center_density: ``None`` (the kernel's density), ``"sqrt"`` (the "more
+      non-zeros" rule ``min(d K, 1, sqrt(d))``) or a float in (0, 1].
+
+  Returns:
+    The centre density as a float.
+  """
+  d = _validation.check_density(density)
+  rule = check_center_density(center_density)
+  if rule is None:
+    return d
+  if rule == "sqrt":
+    return min(d * num_taps, 1.0, math.sqrt(d))
+  return rule
 
 
 @functools.partial(jax.jit, static_argnames=("fan_in", "fan_out", "num_steps", "dtype"))
@@ -41,13 +128,9 @@ def _oriented_core(key, fan_in, fan_out, target, undo_above, num_steps, gain, dt
   result = givens.givens_core(
       key, rows, cols, target, undo_above, num_steps, compute_dtype(dtype)
   )
-  # The core builds the wide A (rows <= cols). Flax's (in, out) kernel is the
-  # transpose of PyTorch's (out, in) weight, so the reference construction
-  # (A for out <= in, A transposed for out > in, in PyTorch's layout) is A.T
-  # for in >= out and A for in < out. A.T is the core's own (cols, rows)
-  # layout, so only wide kernels pay for a transpose.
-  matrix = result.matrix.T if fan_in >= fan_out else result.matrix
-  weight = (gain * matrix).astype(dtype)
+  # The core keeps A transposed, (cols, rows): only wide kernels pay for a
+  # transpose here.
+  weight = (gain * from_wide(result.matrix, fan_in, fan_out)).astype(dtype)
   return weight, weight != 0
 
 
@@ -73,54 +156,30 @@ def sparse_orthogonal(
 
   Returns:
     ``(weight, mask)``: if ``in <= out``, ``weight @ weight.T == gain**2 * I``;
-    if ``in >= out``, ``weight.T @ weight == gain**2 * I`` (both when square). ``mask`` is the bool array
-    ``weight != 0``.
+    if ``in >= out``, ``weight.T @ weight == gain**2 * I`` (both when square).
+    ``mask`` is the bool array ``weight != 0``.
 
   Example:
     >>> w, m = sparse_orthogonal(jax.random.key(0), (256, 128), 0.1)
     >>> w.shape, m.dtype
     ((256, 128), dtype('bool'))
   """
-  shape = _checks.check_shape(shape, (2,))
-  d = _checks.check_density(density)
-  _checks.check_gain(gain)
+  shape = _validation.check_shape(shape, (2,))
+  d = _validation.check_density(density)
+  _validation.check_gain(gain)
   plan = _plan(shape, np.float64(d))
   return _kernel_core(key, plan.target, plan.undo_above, plan.mask_count, gain,
-                      **plan.static(jnp.dtype(dtype), structured=False))
+                      **plan.static(check_float_dtype(dtype), structured=False))
 
 
-def center_density_for(density: float, num_taps: int, center_density=None) -> float:
-  """Density of the centre tap of an EOI conv kernel.
-
-  Args:
-    density: target density of the whole kernel, in (0, 1].
-    num_taps: number of spatial taps ``K`` (9 for 3x3).
-    center_density: ``None`` (the kernel's density), ``"sqrt"`` (the "more
-      non-zeros" rule ``min(d K, 1, sqrt(d))``) or a float in (0, 1].
-
-  Returns:
-    The centre density as a float.
-  """
-  d = _checks.check_density(density)
-  if center_density is None:
-    return d
-  if isinstance(center_density, str):
-    if center_density != "sqrt":
-      raise ValueError(
-          f"center_density must be None, 'sqrt' or a float in (0, 1], got {center_density!r}"
-      )
-    return min(d * num_taps, 1.0, math.sqrt(d))
-  return _checks.check_density(center_density, name="center_density")
-
-
-def _conv_mask(key, center_mask, center_index, shape, mask_count):
+def _conv_mask(key, center_mask, shape, mask_count):
   """Centre support plus uniformly random extra entries up to ``mask_count``.
 
   Support entries sort first (score -1), the rest by a uniform score; a
   stable argsort breaks ties by position, so exactly
   ``max(mask_count, nnz(centre))`` entries are kept.
   """
-  support = jnp.zeros(shape, jnp.bool_).at[center_index].set(center_mask).reshape(-1)
+  support = place_at_center(center_mask, shape).reshape(-1)
   scores = jnp.where(support, -1.0, jax.random.uniform(key, support.shape))
   order = jnp.argsort(scores, stable=True)
   rank = jnp.zeros(support.shape, jnp.int32).at[order].set(
@@ -173,20 +232,14 @@ def sparse_delta_orthogonal(
     >>> int(m.sum()) == round(0.1 * k.size)
     True
   """
-  shape = _check_conv_shape(shape)
-  d = _checks.check_density(density)
-  _checks.check_gain(gain)
-  center_density_for(d, 1, center_density)  # validates the rule
+  shape = check_kernel_shape(shape, (3, 4, 5))
+  d = _validation.check_density(density)
+  _validation.check_gain(gain)
+  center_density = check_center_density(center_density)
+  structured = _validation.check_flag(structured, "structured")
   plan = _plan(shape, np.float64(d), center_density)
   return _kernel_core(key, plan.target, plan.undo_above, plan.mask_count, gain,
-                      **plan.static(jnp.dtype(dtype), structured=bool(structured)))
-
-
-def _check_conv_shape(shape):
-  shape = _checks.check_shape(shape, (3, 4, 5))
-  if any(k % 2 == 0 for k in shape[:-2]):
-    raise ValueError(f"shape must have odd spatial sizes, got {shape}")
-  return shape
+                      **plan.static(check_float_dtype(dtype), structured=structured))
 
 
 class _Plan(NamedTuple):
@@ -199,15 +252,13 @@ class _Plan(NamedTuple):
   num_steps: int
 
   def static(self, dtype, structured):
-    compute_dtype(dtype)
     return dict(shape=self.shape, num_steps=self.num_steps, dtype=dtype,
                 structured=structured)
 
 
 def _plan(shape, densities, center_density=None) -> _Plan:
   """Targets for ``densities`` (scalar or array, already validated)."""
-  fan_in, fan_out = shape[-2:]
-  rows, cols = min(fan_in, fan_out), max(fan_in, fan_out)
+  rows, cols = wide_shape(shape)
   densities = np.asarray(densities, np.float64)
   if len(shape) == 2:
     center = densities
@@ -227,19 +278,18 @@ def _plan(shape, densities, center_density=None) -> _Plan:
 def _kernel_core(key, target, undo_above, mask_count, gain, *, shape, num_steps, dtype,
                  structured):
   """Dense or conv EOI kernel and mask from (possibly traced) targets."""
-  spatial, (fan_in, fan_out) = shape[:-2], shape[-2:]
-  if not spatial:
+  fan_in, fan_out = shape[-2:]
+  if len(shape) == 2:
     return _oriented_core(key, fan_in, fan_out, target, undo_above, num_steps, gain, dtype)
   key_center, key_mask = jax.random.split(key)
   center, center_mask = _oriented_core(
       key_center, fan_in, fan_out, target, undo_above, num_steps, gain, dtype
   )
-  center_index = tuple(k // 2 for k in spatial)
-  kernel = jnp.zeros(shape, dtype).at[center_index].set(center)
+  kernel = place_at_center(center, shape)
   if structured:
     mask = jnp.broadcast_to(center_mask, shape)
   else:
-    mask = _conv_mask(key_mask, center_mask, center_index, shape, mask_count)
+    mask = _conv_mask(key_mask, center_mask, shape, mask_count)
   return kernel, mask
 
 
@@ -259,19 +309,23 @@ def eoi_batch(keys, shape, densities, *, gain=1.0, center_density=None, structur
   Returns:
     ``(kernels, masks)`` with a leading axis of size ``B``.
   """
-  shape = tuple(shape)
-  shape = _checks.check_shape(shape, (2,)) if len(shape) == 2 else _check_conv_shape(shape)
+  shape = check_kernel_shape(shape)
   densities = np.asarray(densities, np.float64).reshape(-1)
   for d in densities:
-    _checks.check_density(d, name="densities")
-  _checks.check_gain(gain)
+    _validation.check_density(d, name="densities")
+  _validation.check_gain(gain)
   if len(shape) == 2 and (center_density is not None or structured):
     raise ValueError(f"conv options do not apply to 2-D shape {shape}")
-  if len(shape) > 2:
-    center_density_for(0.5, 1, center_density)  # validates the rule
+  center_density = check_center_density(center_density)
+  structured = _validation.check_flag(structured, "structured")
+  return batch_core(keys, shape, densities, gain, center_density, structured,
+                    check_float_dtype(dtype))
+
+
+def batch_core(keys, shape, densities, gain, center_density, structured, dtype):
+  """:func:`eoi_batch` on arguments already checked (for whole-network callers)."""
   plan = _plan(shape, densities, center_density)
-  core = functools.partial(_kernel_core, gain=gain,
-                           **plan.static(jnp.dtype(dtype), structured=bool(structured)))
+  core = functools.partial(_kernel_core, gain=gain, **plan.static(dtype, structured=structured))
   return jax.vmap(core)(keys, plan.target, plan.undo_above, plan.mask_count)
 
 

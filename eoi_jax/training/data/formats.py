@@ -6,17 +6,51 @@
 * scikit-learn's ``digits.csv.gz`` (8x8 UCI digits, values 0..16).
 
 Readers return ``(images, labels)`` as uint8 ``(N, H, W, C)`` and int32 ``(N,)``.
-The writers exist so tests (and users) can build files in exactly these formats.
+A file that cannot be decoded (truncated, corrupted, not of its format) raises
+:class:`CorruptFileError` naming it. The writers exist so tests (and users)
+can build files in exactly these formats.
 """
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import os
 import pickle
+import zlib
 from pathlib import Path
 
 import numpy as np
+
+
+class CorruptFileError(ValueError):
+  """A dataset file exists but cannot be decoded.
+
+  Attributes:
+    path: the file.
+    reason: what is wrong with it.
+  """
+
+  def __init__(self, path, reason: str):
+    self.path, self.reason = Path(path), reason
+    super().__init__(f"{path} cannot be read: {reason}")
+
+
+_DECODE_ERRORS = (EOFError, OSError, zlib.error, pickle.UnpicklingError, ValueError,
+                  KeyError, IndexError, TypeError, AttributeError, UnicodeDecodeError)
+
+
+@contextlib.contextmanager
+def _decoding(path):
+  """Turns any decoding error while reading ``path`` into :class:`CorruptFileError`."""
+  try:
+    yield
+  except CorruptFileError:
+    raise
+  except FileNotFoundError:
+    raise
+  except _DECODE_ERRORS as e:
+    raise CorruptFileError(path, f"{type(e).__name__}: {e}") from e
 
 _IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 
@@ -28,16 +62,17 @@ def _open(path):
 
 def read_idx(path) -> np.ndarray:
   """Reads an IDX file (optionally gzipped)."""
-  with _open(path) as f:
-    data = f.read()
-  if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] not in _IDX_DTYPES:
-    raise ValueError(f"{path} is not an IDX file")
-  ndim = data[3]
-  dims = [int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
-  array = np.frombuffer(data, _IDX_DTYPES[data[2]], offset=4 + 4 * ndim)
-  if array.size != int(np.prod(dims)):
-    raise ValueError(f"{path}: header says {dims}, file holds {array.size} values")
-  return array.reshape(dims)
+  with _decoding(path):
+    with _open(path) as f:
+      data = f.read()
+    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] not in _IDX_DTYPES:
+      raise CorruptFileError(path, "not an IDX file")
+    ndim = data[3]
+    dims = [int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
+    array = np.frombuffer(data, _IDX_DTYPES[data[2]], offset=4 + 4 * ndim)
+    if array.size != int(np.prod(dims)):
+      raise CorruptFileError(path, f"header says {dims}, file holds {array.size} values")
+    return array.reshape(dims)
 
 
 def write_idx(path, array: np.ndarray) -> None:
@@ -75,7 +110,7 @@ def read_idx_split(folder, split: str):
 
 
 def _unpickle(path):
-  with open(path, "rb") as f:
+  with _decoding(path), open(path, "rb") as f:
     return pickle.load(f, encoding="bytes")
 
 
@@ -94,15 +129,17 @@ def read_cifar10(folder, split: str):
   images, labels = [], []
   for name in names:
     entry = _unpickle(folder / name)
-    images.append(_cifar_images(_get(entry, "data")))
-    labels.append(np.asarray(_get(entry, "labels"), np.int32))
+    with _decoding(folder / name):
+      images.append(_cifar_images(_get(entry, "data")))
+      labels.append(np.asarray(_get(entry, "labels"), np.int32))
   return np.concatenate(images), np.concatenate(labels)
 
 
 def read_cifar100(folder, split: str):
   """Reads ``cifar-100-python``: ``train`` and ``test`` with fine labels."""
   entry = _unpickle(Path(folder) / split)
-  return _cifar_images(_get(entry, "data")), np.asarray(_get(entry, "fine_labels"), np.int32)
+  with _decoding(Path(folder) / split):
+    return _cifar_images(_get(entry, "data")), np.asarray(_get(entry, "fine_labels"), np.int32)
 
 
 def write_cifar10(folder, train, test, per_batch=None) -> None:
@@ -146,7 +183,8 @@ def _pil():
 
 
 def _read_image(path) -> np.ndarray:
-  with _pil().open(path) as image:
+  image_module = _pil()
+  with _decoding(path), image_module.open(path) as image:
     return np.asarray(image.convert("RGB"), np.uint8)
 
 
@@ -195,12 +233,19 @@ def write_tiny_imagenet(folder, wnids, train, val) -> None:
 
 def read_digits_csv(path):
   """scikit-learn's ``digits.csv.gz``: 64 pixel values (0..16) and a label per row."""
-  with _open(path) as f:
+  with _decoding(path), _open(path) as f:
     table = np.loadtxt(f, delimiter=",", dtype=np.float64)
   if table.ndim != 2 or table.shape[1] != 65:
-    raise ValueError(f"{path}: expected 65 columns, got {table.shape}")
+    raise CorruptFileError(path, f"expected 65 columns, got {table.shape}")
   pixels = np.rint(table[:, :64] * (255.0 / 16.0)).astype(np.uint8)
   return pixels.reshape(-1, 8, 8, 1), table[:, 64].astype(np.int32)
+
+
+def read_digits_split(folder, split: str):
+  """The 1797 UCI digits have no official split: the first 1500 train, the
+  rest test (the file's order is fixed)."""
+  images, labels = read_digits_csv(Path(folder) / "digits.csv.gz")
+  return (images[:1500], labels[:1500]) if split == "train" else (images[1500:], labels[1500:])
 
 
 def write_digits_csv(path, images16: np.ndarray, labels) -> None:

@@ -20,7 +20,7 @@ import json
 import os
 import sys
 
-from eoi_jax.config import PRESETS, Config
+from eoi_jax.training.config import PRESETS, Config
 
 
 def _flag(name: str) -> str:
@@ -86,7 +86,7 @@ def _setup_jax(args):
 
 
 def _run_train(args) -> int:
-  from eoi_jax.config import make_config
+  from eoi_jax.training.config import make_config
 
   overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(Config)
                if getattr(args, f.name) is not None}
@@ -94,9 +94,9 @@ def _run_train(args) -> int:
     overrides["quiet"] = "true"
   config = make_config(args.config, **overrides)
   _setup_jax(args)
-  from eoi_jax.train import train
+  from eoi_jax.training.train import train_and_evaluate
 
-  summary = train(config)
+  summary = train_and_evaluate(config).summary
   import jax
   if jax.process_index() == 0:
     accuracy = summary["test_accuracy"]
@@ -108,7 +108,7 @@ def _run_train(args) -> int:
 
 
 def _run_data(args) -> int:
-  from eoi_jax import data
+  from eoi_jax.training import data
 
   if args.data_command == "fetch":
     how = data.fetch(args.name, args.data_dir, timeout=args.timeout,
@@ -126,12 +126,12 @@ def main(argv=None) -> int:
     if args.command == "train":
       return _run_train(args)
     return _run_data(args)
-  except (ValueError, FileNotFoundError) as e:
+  except (ValueError, TypeError, FileNotFoundError) as e:
     print(f"eoi-jax: error: {e}", file=sys.stderr)
     return 2
   except Exception as e:  # a clear one-line reason for known failures
-    from eoi_jax.data import FetchError
-    from eoi_jax.train import TrainingDiverged
+    from eoi_jax.training.data import FetchError
+    from eoi_jax.training.train import TrainingDiverged
     if isinstance(e, (FetchError, TrainingDiverged)):
       print(f"eoi-jax: error: {e}", file=sys.stderr)
       return 1

@@ -22,7 +22,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from eoi_jax.data.datasets import DatasetInfo, Split
+from eoi_jax.training.data.datasets import Split
+from eoi_jax.training.data.specs import DatasetInfo
 
 
 # ----------------------------------------------------------------------------

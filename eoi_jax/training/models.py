@@ -124,19 +124,19 @@ class MLP(nnx.Module):
     if depth < 2:
       raise ValueError(f"depth must be >= 2, got {depth}")
     self.act = activation(activation_name)
-    self.a_input = nnx.Linear(in_features, width, rngs=rngs)
-    self.b_hidden = DenseStack(depth - 2, width, self.act, rngs=rngs) if depth > 2 else None
-    self.c_output = nnx.Linear(width, num_classes, rngs=rngs)
+    self.input_layer = nnx.Linear(in_features, width, rngs=rngs)
+    self.hidden_layers = DenseStack(depth - 2, width, self.act, rngs=rngs) if depth > 2 else None
+    self.output_layer = nnx.Linear(width, num_classes, rngs=rngs)
 
   def __call__(self, x):
-    x = self.act(self.a_input(x.reshape(x.shape[0], -1)))
-    if self.b_hidden is not None:
-      x = self.b_hidden(x)
-    return self.c_output(x)
+    x = self.act(self.input_layer(x.reshape(x.shape[0], -1)))
+    if self.hidden_layers is not None:
+      x = self.hidden_layers(x)
+    return self.output_layer(x)
 
   def sparsity_spec(self) -> SparsitySpec:
-    stacked = {"b_hidden/kernel": 1} if self.b_hidden is not None else {}
-    return SparsitySpec(stacked, ("a_input/kernel", "c_output/kernel"))
+    stacked = {"hidden_layers/kernel": 1} if self.hidden_layers is not None else {}
+    return SparsitySpec(stacked, ("input_layer/kernel", "output_layer/kernel"))
 
 
 class DeepCNN(nnx.Module):
@@ -150,25 +150,25 @@ class DeepCNN(nnx.Module):
     if image_size % 8:
       raise ValueError(f"image_size must be a multiple of 8, got {image_size}")
     self.act = activation(activation_name)
-    self.a_stem = CircularConv(in_channels, width, 1, rngs=rngs)
-    self.b_down1 = CircularConv(width, width, 2, rngs=rngs)
-    self.c_down2 = CircularConv(width, width, 2, rngs=rngs)
-    self.d_stack = ConvStack(depth - 3, width, self.act, rngs=rngs) if depth > 3 else None
+    self.stem = CircularConv(in_channels, width, 1, rngs=rngs)
+    self.down1 = CircularConv(width, width, 2, rngs=rngs)
+    self.down2 = CircularConv(width, width, 2, rngs=rngs)
+    self.convs = ConvStack(depth - 3, width, self.act, rngs=rngs) if depth > 3 else None
     features = width * (image_size // 8) ** 2
-    self.e_head = nnx.Linear(features, num_classes, rngs=rngs)
+    self.head = nnx.Linear(features, num_classes, rngs=rngs)
 
   def __call__(self, x):
-    x = self.act(self.a_stem(x))
-    x = self.act(self.b_down1(x))
-    x = self.act(self.c_down2(x))
-    if self.d_stack is not None:
-      x = self.d_stack(x)
+    x = self.act(self.stem(x))
+    x = self.act(self.down1(x))
+    x = self.act(self.down2(x))
+    if self.convs is not None:
+      x = self.convs(x)
     x = nnx.avg_pool(x, (2, 2), strides=(2, 2))
-    return self.e_head(x.reshape(x.shape[0], -1))
+    return self.head(x.reshape(x.shape[0], -1))
 
   def sparsity_spec(self) -> SparsitySpec:
-    stacked = {"d_stack/kernel": 1} if self.d_stack is not None else {}
-    return SparsitySpec(stacked, ("a_stem/kernel", "e_head/kernel"))
+    stacked = {"convs/kernel": 1} if self.convs is not None else {}
+    return SparsitySpec(stacked, ("stem/kernel", "head/kernel"))
 
 
 class BasicBlock(nnx.Module):
@@ -209,16 +209,16 @@ class ResNet(nnx.Module):
                                  rngs=rngs))
         cin = cout
     self.blocks = nnx.List(blocks)
-    self.zhead = nnx.Linear(64, num_classes, rngs=rngs)
+    self.head = nnx.Linear(64, num_classes, rngs=rngs)
 
   def __call__(self, x):
     x = self.act(self.stem_bn(self.stem(x)))
     for block in self.blocks:
       x = block(x)
-    return self.zhead(x.mean(axis=(1, 2)))
+    return self.head(x.mean(axis=(1, 2)))
 
   def sparsity_spec(self) -> SparsitySpec:
-    return SparsitySpec({}, ("stem/kernel", "zhead/kernel"))
+    return SparsitySpec({}, ("stem/kernel", "head/kernel"))
 
 
 class ConvBN(nnx.Module):
@@ -250,7 +250,7 @@ class VGG(nnx.Module):
       cin = cout
     self.layers = nnx.List([l for l in layers if l != "M"])
     self.pools = tuple(i for i, l in enumerate(layers) if l == "M")
-    self.zhead = nnx.Linear(512, num_classes, rngs=rngs)
+    self.head = nnx.Linear(512, num_classes, rngs=rngs)
 
   def __call__(self, x):
     conv_index = 0
@@ -260,13 +260,46 @@ class VGG(nnx.Module):
         continue
       x = self.act(self.layers[conv_index](x))
       conv_index += 1
-    return self.zhead(x.mean(axis=(1, 2)))
+    return self.head(x.mean(axis=(1, 2)))
 
   def sparsity_spec(self) -> SparsitySpec:
-    return SparsitySpec({}, ("layers/0/conv/kernel", "zhead/kernel"))
+    return SparsitySpec({}, ("layers/0/conv/kernel", "head/kernel"))
 
 
-MODELS = ("mlp", "deep_cnn", "resnet32", "resnet56", "resnet110", "vgg16")
+def _mlp(image_shape, num_classes, depth, width, activation_name, rngs):
+  h, w, c = image_shape
+  return MLP(h * w * c, num_classes, depth=depth or 7, width=width or 100,
+             activation_name=activation_name or "tanh", rngs=rngs)
+
+
+def _deep_cnn(image_shape, num_classes, depth, width, activation_name, rngs):
+  h, w, c = image_shape
+  if h != w:
+    raise ValueError(f"deep_cnn needs square images, got {image_shape}")
+  return DeepCNN(c, num_classes, h, depth=depth or 10, width=width or 128,
+                 activation_name=activation_name or "tanh", rngs=rngs)
+
+
+def _resnet(resnet_depth):
+  def make(image_shape, num_classes, depth, width, activation_name, rngs):
+    return ResNet(image_shape[-1], num_classes, depth=resnet_depth,
+                  activation_name=activation_name or "relu", rngs=rngs)
+  return make
+
+
+def _vgg16(image_shape, num_classes, depth, width, activation_name, rngs):
+  return VGG(image_shape[-1], num_classes, activation_name=activation_name or "relu", rngs=rngs)
+
+
+MODELS = {
+    "mlp": _mlp,
+    "deep_cnn": _deep_cnn,
+    "resnet32": _resnet(32),
+    "resnet56": _resnet(56),
+    "resnet110": _resnet(110),
+    "vgg16": _vgg16,
+}
+"""Models by name: ``(image_shape, num_classes, depth, width, activation_name, rngs) -> model``."""
 
 
 def build(name: str, image_shape, num_classes: int, *, depth: int | None = None,
@@ -282,19 +315,7 @@ def build(name: str, image_shape, num_classes: int, *, depth: int | None = None,
       networks, relu for ResNet and VGG).
     seed: parameter seed of the model's own initialisation.
   """
-  rngs = nnx.Rngs(seed)
-  h, w, c = image_shape
-  if name == "mlp":
-    return MLP(h * w * c, num_classes, depth=depth or 7, width=width or 100,
-               activation_name=activation_name or "tanh", rngs=rngs)
-  if name == "deep_cnn":
-    if h != w:
-      raise ValueError(f"deep_cnn needs square images, got {image_shape}")
-    return DeepCNN(c, num_classes, h, depth=depth or 10, width=width or 128,
-                   activation_name=activation_name or "tanh", rngs=rngs)
-  if name.startswith("resnet") and name in MODELS:
-    return ResNet(c, num_classes, depth=int(name[6:]), activation_name=activation_name or "relu",
-                  rngs=rngs)
-  if name == "vgg16":
-    return VGG(c, num_classes, activation_name=activation_name or "relu", rngs=rngs)
-  raise ValueError(f"model must be one of {list(MODELS)}, got {name!r}")
+  if name not in MODELS:
+    raise ValueError(f"model must be one of {list(MODELS)}, got {name!r}")
+  return MODELS[name](tuple(image_shape), num_classes, depth, width, activation_name,
+                      nnx.Rngs(seed))

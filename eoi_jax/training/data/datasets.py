@@ -28,11 +28,12 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Callable, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
 
-from eoi_jax.data import formats
+from eoi_jax.training.data.formats import CorruptFileError
+from eoi_jax.training.data.specs import SPECS, DatasetInfo
 
 
 class Split(NamedTuple):
@@ -43,39 +44,11 @@ class Split(NamedTuple):
     return len(self.labels)
 
 
-class DatasetInfo(NamedTuple):
-  name: str
-  image_shape: tuple[int, int, int]
-  num_classes: int
-  mean: tuple[float, ...]  # per channel, of pixels scaled to [0, 1]
-  std: tuple[float, ...]
-  augment: str  # "none", "crop_flip" (reflect-pad 4, random crop, horizontal flip)
-  folder: str  # sub-folder of the data directory ("" for synthetic)
-
-
 class Dataset(NamedTuple):
   train: Split
   val: Split
   test: Split
   info: DatasetInfo
-
-
-# Normalisation constants: per-channel mean and std of the training pixels.
-INFO = {
-    "mnist": DatasetInfo("mnist", (28, 28, 1), 10, (0.1307,), (0.3081,), "none", "mnist"),
-    "fashion_mnist": DatasetInfo("fashion_mnist", (28, 28, 1), 10, (0.2860,), (0.3530,), "none",
-                                 "fashion_mnist"),
-    "cifar10": DatasetInfo("cifar10", (32, 32, 3), 10, (0.4914, 0.4822, 0.4465),
-                           (0.2470, 0.2435, 0.2616), "crop_flip", "cifar-10-batches-py"),
-    "cifar100": DatasetInfo("cifar100", (32, 32, 3), 100, (0.5071, 0.4865, 0.4409),
-                            (0.2673, 0.2564, 0.2762), "crop_flip", "cifar-100-python"),
-    "tiny_imagenet": DatasetInfo("tiny_imagenet", (64, 64, 3), 200, (0.4802, 0.4481, 0.3975),
-                                 (0.2302, 0.2265, 0.2262), "crop_flip", "tiny-imagenet-200"),
-    "digits": DatasetInfo("digits", (8, 8, 1), 10, (0.3052,), (0.3749,), "none", "digits"),
-    "synthetic": DatasetInfo("synthetic", (8, 8, 1), 10, (0.5,), (0.25,), "none", ""),
-}
-
-DATASETS = tuple(INFO)
 
 
 def default_data_dir() -> Path:
@@ -84,24 +57,6 @@ def default_data_dir() -> Path:
     return Path(os.environ["EOI_DATA_DIR"]).expanduser()
   cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
   return cache / "eoi-jax" / "data"
-
-
-def _readers() -> dict[str, Callable]:
-  return {
-      "mnist": formats.read_idx_split,
-      "fashion_mnist": formats.read_idx_split,
-      "cifar10": formats.read_cifar10,
-      "cifar100": formats.read_cifar100,
-      "tiny_imagenet": formats.read_tiny_imagenet,
-      "digits": _read_digits,
-  }
-
-
-def _read_digits(folder, split):
-  # The 1797 UCI digits have no official split: the first 1500 train, the
-  # rest test (the file's order is fixed).
-  images, labels = formats.read_digits_csv(Path(folder) / "digits.csv.gz")
-  return (images[:1500], labels[:1500]) if split == "train" else (images[1500:], labels[1500:])
 
 
 def synthetic(num_train=1000, num_test=200, image_shape=(8, 8, 1), num_classes=10, seed=0):
@@ -117,15 +72,11 @@ def synthetic(num_train=1000, num_test=200, image_shape=(8, 8, 1), num_classes=1
   return make(num_train), make(num_test)
 
 
-TFDS_NAMES = {"mnist": "mnist", "fashion_mnist": "fashion_mnist", "cifar10": "cifar10",
-              "cifar100": "cifar100"}
-
-
 def _read_tfds(name: str, data_dir, split: str):
   """A prepared tensorflow-datasets split as arrays (``download=False``)."""
   import tensorflow_datasets as tfds
 
-  source = tfds.data_source(TFDS_NAMES[name], split=split, download=False,
+  source = tfds.data_source(SPECS[name].tfds_name, split=split, download=False,
                             data_dir=None if data_dir is None else str(data_dir))
   records = [source[i] for i in range(len(source))]
   images = np.stack([np.asarray(r["image"], np.uint8) for r in records])
@@ -156,7 +107,7 @@ def load(name: str, data_dir=None, *, val_fraction: float = 0.1, split_seed: int
   """Loads a dataset as uint8 NHWC arrays in train / val / test splits.
 
   Args:
-    name: one of :data:`DATASETS`.
+    name: one of :data:`eoi_jax.training.data.DATASETS`.
     data_dir: folder holding the raw files (see module docstring).
     val_fraction: share of the training set held out for validation, [0, 1).
     split_seed: seed of the deterministic hold-out permutation.
@@ -173,23 +124,25 @@ def load(name: str, data_dir=None, *, val_fraction: float = 0.1, split_seed: int
     >>> ds.train.images.shape, ds.info.num_classes
     ((54000, 28, 28, 1), 10)
   """
-  if name not in INFO:
-    raise ValueError(f"dataset must be one of {list(DATASETS)}, got {name!r}")
+  if name not in SPECS:
+    raise ValueError(f"dataset must be one of {list(SPECS)}, got {name!r}")
   if limit is not None and limit <= 0:
     raise ValueError(f"limit must be positive, got {limit}")
   if source not in ("auto", "raw", "tfds"):
     raise ValueError(f"source must be 'auto', 'raw' or 'tfds', got {source!r}")
-  info = INFO[name]
-  if name == "synthetic":
+  spec = SPECS[name]
+  info = spec.info
+  if spec.read is None:
     train, test = synthetic(image_shape=info.image_shape, num_classes=info.num_classes)
   else:
     root = Path(data_dir).expanduser() if data_dir else default_data_dir()
     folder = root / info.folder
     use_tfds = source == "tfds" or (
-        source == "auto" and not folder.exists() and name in TFDS_NAMES and _tfds_available())
+        source == "auto" and not folder.exists() and spec.tfds_name and _tfds_available())
     if use_tfds:
-      if name not in TFDS_NAMES:
-        raise ValueError(f"source='tfds' supports {sorted(TFDS_NAMES)}, not {name!r}")
+      if not spec.tfds_name:
+        supported = sorted(n for n, s in SPECS.items() if s.tfds_name)
+        raise ValueError(f"source='tfds' supports {supported}, not {name!r}")
       try:
         train, test = (_read_tfds(name, data_dir, "train"), _read_tfds(name, data_dir, "test"))
       except Exception as e:  # tfds raises various errors for absent data
@@ -201,10 +154,15 @@ def load(name: str, data_dir=None, *, val_fraction: float = 0.1, split_seed: int
       if not folder.exists():
         raise FileNotFoundError(
             f"{name}: {folder} not found. Provision it with `eoi-jax data fetch {name} "
-            f"--data-dir {root}` or place the files there (see eoi_jax.data)."
+            f"--data-dir {root}` or place the files there (see eoi_jax.training.data)."
         )
-      read = _readers()[name]
-      train, test = read(folder, "train"), read(folder, "test")
+      try:
+        train, test = spec.read(folder, "train"), spec.read(folder, "test")
+      except CorruptFileError as e:
+        raise CorruptFileError(
+            e.path, f"{e.reason}. Check the dataset with `eoi-jax data verify "
+            f"{name} --data-dir {root}`; `eoi-jax data fetch {name} --force` replaces it"
+        ) from e
   if limit is not None:
     train, test = (train[0][:limit], train[1][:limit]), (test[0][:limit], test[1][:limit])
   for split_name, (x, y) in (("train", train), ("test", test)):

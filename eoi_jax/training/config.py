@@ -54,6 +54,9 @@ class Config:
   quiet: bool = False
   log_every: int = 50
 
+  def __post_init__(self):
+    validate(self)
+
 
 PRESETS = {
     # The paper's MLP experiment: 784-100x6-10 on MNIST.
@@ -100,13 +103,20 @@ def _convert(field: dataclasses.Field, text):
 def make_config(base: str = "mnist_mlp", **overrides) -> Config:
   """A preset name or a JSON file, with field overrides (strings are parsed).
 
+  The result is validated (as every :class:`Config` is when built).
+
   Raises:
-    ValueError: unknown preset, unknown field or unparsable value.
+    ValueError: unknown preset, unknown field, unparsable or invalid value.
   """
   if base in PRESETS:
     values = dict(PRESETS[base])
   elif Path(base).is_file():
-    values = json.loads(Path(base).read_text())
+    try:
+      values = json.loads(Path(base).read_text())
+    except ValueError as e:
+      raise ValueError(f"config: {base} is not valid JSON ({e})") from None
+    if not isinstance(values, dict):
+      raise ValueError(f"config: {base} must hold a JSON object of fields")
   else:
     raise ValueError(f"config must be a preset {sorted(PRESETS)} or a JSON file, got {base!r}")
   fields = {f.name: f for f in dataclasses.fields(Config)}
@@ -115,24 +125,42 @@ def make_config(base: str = "mnist_mlp", **overrides) -> Config:
     raise ValueError(f"unknown config fields {unknown}")
   for name, value in overrides.items():
     values[name] = _convert(fields[name], value)
-  return validate(Config(**values))
+  return Config(**values)
+
+
+def _type_ok(value, kind) -> bool:
+  if typing.get_origin(kind) is Union:
+    return any(_type_ok(value, arg) for arg in typing.get_args(kind))
+  if kind is type(None):
+    return value is None
+  if kind is float:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+  if kind is int:
+    return isinstance(value, int) and not isinstance(value, bool)
+  return isinstance(value, kind)
 
 
 def validate(config: Config) -> Config:
-  """Checks values and names; raises ``ValueError`` naming the field."""
-  from eoi_jax import allocation, data, methods, models  # late: keep config importable fast
+  """Checks types, values and names; raises ``ValueError`` naming the field."""
+  from eoi_jax import allocation, methods, optim  # late: keep config importable fast
+  from eoi_jax.training import data, models
 
+  for name, kind in typing.get_type_hints(Config).items():
+    value = getattr(config, name)
+    if not _type_ok(value, kind):
+      raise ValueError(f"{name} must be of type {getattr(kind, '__name__', kind)}, got "
+                       f"{type(value).__name__} {value!r}")
   checks = [
-      (config.dataset in data.DATASETS, f"dataset must be one of {list(data.DATASETS)}"),
+      (config.dataset in data.SPECS, f"dataset must be one of {list(data.SPECS)}"),
       (config.model in models.MODELS, f"model must be one of {list(models.MODELS)}"),
       (config.init in methods.METHODS, f"init must be one of {list(methods.METHODS)}"),
       (config.allocator in allocation.ALLOCATORS,
        f"allocator must be one of {sorted(allocation.ALLOCATORS)}"),
       (config.activation is None or config.activation in models.ACTIVATIONS,
        f"activation must be one of {sorted(models.ACTIVATIONS)}"),
-      (config.optimizer in ("sgd", "adam", "adamw"), "optimizer must be one of sgd, adam, adamw"),
-      (config.schedule in ("step", "cosine", "constant"),
-       "schedule must be one of step, cosine, constant"),
+      (config.optimizer in optim.OPTIMIZERS,
+       f"optimizer must be one of {sorted(optim.OPTIMIZERS)}"),
+      (config.schedule in optim.SCHEDULES, f"schedule must be one of {sorted(optim.SCHEDULES)}"),
       (0 < config.density <= 1, "density must be in (0, 1]"),
       (config.lr > 0, "lr must be > 0"),
       (config.epochs >= 1, "epochs must be >= 1"),
@@ -145,10 +173,12 @@ def validate(config: Config) -> Config:
       (config.log_every >= 1, "log_every must be >= 1"),
       (config.ai_steps >= 1, "ai_steps must be >= 1"),
       (config.sao_degree is None or config.sao_degree >= 1, "sao_degree must be >= 1"),
+      (config.center_density in (None, "sqrt") or (not isinstance(config.center_density, str)
+                                                   and 0 < config.center_density <= 1),
+       "center_density must be None, 'sqrt' or a float in (0, 1]"),
   ]
   for ok, message in checks:
     if not ok:
       field = message.split()[0]
       raise ValueError(f"{message}, got {getattr(config, field)!r}")
   return config
-

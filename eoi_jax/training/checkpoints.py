@@ -1,0 +1,144 @@
+"""Checkpoints that a kill or a damaged file cannot turn into a wrong run.
+
+:class:`CheckpointStore` wraps an Orbax ``CheckpointManager``: each checkpoint
+holds the training state and a JSON record with the state's *fingerprint*
+(two 32-bit position-weighted sums of every word of every array, computed on
+device under any sharding). A checkpoint whose files cannot be read, or whose
+restored state does not match its fingerprint, is skipped with a warning and
+the one before it is used. Orbax writes a checkpoint under a temporary name
+and renames it when complete, so a process killed while writing leaves no
+checkpoint that looks finished.
+
+The store is a context manager; :meth:`CheckpointStore.close` waits for
+writes in flight and stops Orbax's background threads.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+class NoGoodCheckpoint(ValueError):
+  """Checkpoints exist but none can be restored."""
+
+
+def _words(leaf):
+  """``leaf`` as a flat uint32 vector holding every bit of it."""
+  leaf = jnp.asarray(leaf)
+  if jnp.issubdtype(leaf.dtype, jax.dtypes.prng_key):
+    leaf = jax.random.key_data(leaf)
+  if leaf.dtype == jnp.bool_:
+    return leaf.reshape(-1).astype(jnp.uint32)
+  size = leaf.dtype.itemsize
+  if size == 8:
+    return jax.lax.bitcast_convert_type(leaf, jnp.uint32).reshape(-1)
+  if size == 4:
+    return jax.lax.bitcast_convert_type(leaf, jnp.uint32).reshape(-1)
+  if size == 2:
+    return jax.lax.bitcast_convert_type(leaf, jnp.uint16).reshape(-1).astype(jnp.uint32)
+  return jax.lax.bitcast_convert_type(leaf, jnp.uint8).reshape(-1).astype(jnp.uint32)
+
+
+@jax.jit
+def fingerprint(tree) -> jax.Array:
+  """Two 32-bit sums of every word of ``tree``, weighted by odd position-dependent
+  multipliers: any change of a single word changes both."""
+  total = jnp.zeros((2,), jnp.uint32)
+  for i, leaf in enumerate(jax.tree.leaves(tree)):
+    words = _words(leaf)
+    index = jnp.arange(words.size, dtype=jnp.uint32) + jnp.uint32(i * 7919)
+    weights = jnp.stack([index * jnp.uint32(2654435761) | jnp.uint32(1),
+                         (index ^ jnp.uint32(0x9E3779B9)) * jnp.uint32(40503) | jnp.uint32(1)])
+    total = total + jnp.sum(weights * words[None], axis=1, dtype=jnp.uint32)
+  return total
+
+
+def _fingerprint_list(tree) -> list[int]:
+  return [int(v) for v in np.asarray(jax.device_get(fingerprint(tree)))]
+
+
+class CheckpointStore:
+  """Saves and restores the training state in ``directory``.
+
+  Args:
+    directory: the checkpoints folder (created on first save).
+    max_to_keep: checkpoints kept; at least 2, so that a damaged latest one
+      has a fallback.
+  """
+
+  def __init__(self, directory, max_to_keep: int = 2):
+    import orbax.checkpoint as ocp
+
+    self._ocp = ocp
+    self.directory = Path(directory).absolute()
+    self._manager = ocp.CheckpointManager(
+        self.directory,
+        options=ocp.CheckpointManagerOptions(max_to_keep=max(2, max_to_keep), create=True))
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *exc):
+    self.close()
+
+  def close(self) -> None:
+    """Waits for writes in flight and stops Orbax's threads (idempotent)."""
+    if self._manager is not None:
+      self._manager.close()
+      self._manager = None
+
+  def steps(self) -> list[int]:
+    """Steps of the complete checkpoints on disk, oldest first."""
+    return sorted(self._manager.all_steps(read=True))
+
+  def save(self, step: int, state) -> None:
+    """Writes ``state`` as checkpoint ``step`` and waits until it is complete."""
+    ocp = self._ocp
+    meta = {"fingerprint": _fingerprint_list(state)}
+    self._manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                                     meta=ocp.args.JsonSave(meta)))
+    self._manager.wait_until_finished()
+
+  def _restore(self, step: int, abstract):
+    ocp = self._ocp
+    restored = self._manager.restore(
+        step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract),
+                                      meta=ocp.args.JsonRestore()))
+    if _fingerprint_list(restored.state) != list(restored.meta["fingerprint"]):
+      raise ValueError("its contents do not match the fingerprint saved with it")
+    return restored.state
+
+  def restore_latest(self, like):
+    """The newest checkpoint that restores intact, as ``(step, state)``.
+
+    Args:
+      like: a state with the structure, shapes, dtypes and shardings to
+        restore into.
+
+    Returns:
+      ``(step, state)``, or ``None`` when there is no checkpoint.
+
+    Raises:
+      NoGoodCheckpoint: checkpoints exist but none restores intact.
+    """
+    abstract = jax.tree.map(self._ocp.utils.to_shape_dtype_struct, like)
+    steps = self.steps()
+    problems = []
+    for step in reversed(steps):
+      try:
+        return step, self._restore(step, abstract)
+      except Exception as e:  # Orbax and TensorStore raise many kinds for damaged files
+        reason = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        problems.append(f"step {step}: {reason}")
+        warnings.warn(f"checkpoint {self.directory / str(step)} cannot be restored "
+                      f"({reason[:300]}); trying the one before it", stacklevel=2)
+    if steps:
+      raise NoGoodCheckpoint(
+          f"no checkpoint in {self.directory} can be restored ({'; '.join(problems)[:600]}); "
+          "run with resume=false (--resume false) to start over")
+    return None

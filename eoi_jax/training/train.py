@@ -1,0 +1,432 @@
+"""Sharded, resumable static sparse training: pure jitted steps and the loop around them.
+
+In the style of the Flax examples: :func:`create_train_state` builds the
+model, its sparse initialisation and the masked optimizer; :func:`train_step`
+and :func:`eval_step` are pure functions of a :class:`StepSpec` (what all runs
+of one architecture share: graph definitions, optimizer, dataset constants)
+and a :class:`TrainState` (what changes, or differs between runs: step,
+params, batch statistics, optimizer state with the masks, augmentation key);
+:func:`train_and_evaluate` runs one experiment end to end and writes its run
+directory (:mod:`eoi_jax.training.rundir`).
+
+The same code runs on one CPU, on several (simulated) devices, on GPUs/TPUs
+and across processes (``jax.distributed``): the batch is sharded over a
+``data`` mesh axis; parameters, masks and optimizer state are replicated. A
+run restarted with the same configuration resumes from its last intact
+checkpoint and ends bit-for-bit where an uninterrupted run would (on CPU). A
+non-finite loss stops the run with :class:`TrainingDiverged`, keeping the last
+good checkpoint.
+
+Example:
+  >>> result = train_and_evaluate(make_config("digits_smoke", run_dir="runs/smoke"))
+  >>> result.summary["test_accuracy"]
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import functools
+import time
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from eoi_jax import methods, optim, summary as summary_lib
+from eoi_jax.training import data, diagnostics, models
+from eoi_jax.training.checkpoints import CheckpointStore, fingerprint
+from eoi_jax.training.config import Config
+from eoi_jax.training.progress import Progress
+from eoi_jax.training.rundir import RunDir
+
+# Steps dispatched ahead of the host. Each step waits for the metrics of the
+# step this many before it: XLA:CPU can deadlock (then aborts the process) when
+# many programs with collectives over several devices are queued at once, and
+# deeper queues buy nothing on any backend.
+MAX_STEPS_IN_FLIGHT = 2
+
+
+class TrainingDiverged(RuntimeError):
+  """The loss became NaN or infinite."""
+
+
+class TrainState(NamedTuple):
+  """Everything that changes during training or differs between runs.
+
+  Attributes:
+    step: int32 scalar, optimizer steps taken.
+    params: the ``nnx.Param`` state.
+    other: the rest of the model state (batch-norm statistics).
+    opt_state: the optimizer state; its :class:`eoi_jax.StaticSparseState`
+      holds the masks.
+    key: uint32 key data of the augmentation key (step ``s`` augments with
+      ``fold_in(key, s)``).
+  """
+
+  step: jax.Array
+  params: Any
+  other: Any
+  opt_state: Any
+  key: jax.Array
+
+  @property
+  def masks(self):
+    return self.opt_state.masks
+
+
+class StepSpec(NamedTuple):
+  """What the steps of all runs of one architecture share (static under jit)."""
+
+  train_graph: Any  # nnx.GraphDef in train mode
+  eval_graph: Any  # nnx.GraphDef in eval mode
+  tx: optax.GradientTransformation
+  info: data.DatasetInfo
+
+
+class TrainResult(NamedTuple):
+  """What :func:`train_and_evaluate` returns.
+
+  Attributes:
+    summary: the ``summary.json`` record (``test_accuracy`` first).
+    state: the final :class:`TrainState`.
+    sparsity: the initialisation's :class:`eoi_jax.SparsitySummary`.
+    history: the per-epoch records of ``metrics.jsonl``.
+  """
+
+  summary: dict
+  state: TrainState
+  sparsity: summary_lib.SparsitySummary
+  history: list
+
+
+def make_mesh(num_devices: int | None = None) -> jax.sharding.Mesh:
+  """A 1-D ``data`` mesh over the first ``num_devices`` devices (default all)."""
+  devices = jax.devices()
+  if num_devices is not None:
+    if num_devices > len(devices):
+      raise ValueError(f"devices={num_devices} but only {len(devices)} are available")
+    devices = devices[:num_devices]
+  return jax.sharding.Mesh(np.array(devices), ("data",))
+
+
+# ----------------------------------------------------------------------------
+# Pure steps.
+
+
+def _weighted_loss(logits, labels, weights):
+  losses = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+  correct = (jnp.argmax(logits, -1) == labels).astype(jnp.float32)
+  return jnp.sum(losses * weights), jnp.sum(correct * weights), jnp.sum(weights)
+
+
+def zero_metrics() -> dict:
+  """Running sums of loss, correct predictions and examples."""
+  return {k: jnp.zeros((), jnp.float32) for k in ("loss", "correct", "count")}
+
+
+def train_step(spec: StepSpec, state: TrainState, batch: data.Batch, sums: dict):
+  """One optimizer step; adds this batch's loss, correct and count to ``sums``.
+
+  Returns:
+    ``(new_state, new_sums)``.
+  """
+  from flax import nnx
+
+  key = jax.random.fold_in(jax.random.wrap_key_data(state.key), state.step)
+  x = data.preprocess(key, batch.images, spec.info, train=True)
+
+  def loss_fn(params):
+    # copy=True: fresh Variables at this trace level, which batch norm may
+    # then update (merging without a copy makes NNX refuse the update).
+    model = nnx.merge(spec.train_graph, params, state.other, copy=True)
+    total, correct, count = _weighted_loss(model(x), batch.labels, batch.weights)
+    other = nnx.state(model, nnx.Not(nnx.Param))
+    return total / jnp.maximum(count, 1.0), (total, correct, count, other)
+
+  (_, (total, correct, count, other)), grads = jax.value_and_grad(
+      loss_fn, has_aux=True)(state.params)
+  updates, opt_state = spec.tx.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  sums = jax.tree.map(jnp.add, sums, {"loss": total, "correct": correct, "count": count})
+  return state._replace(step=state.step + 1, params=params, other=other,
+                        opt_state=opt_state), sums
+
+
+def eval_step(spec: StepSpec, state: TrainState, batch: data.Batch, sums: dict) -> dict:
+  """Adds this batch's loss, correct and count (eval mode) to ``sums``."""
+  from flax import nnx
+
+  x = data.preprocess(None, batch.images, spec.info, train=False)
+  model = nnx.merge(spec.eval_graph, state.params, state.other)
+  total, correct, count = _weighted_loss(model(x), batch.labels, batch.weights)
+  return jax.tree.map(jnp.add, sums, {"loss": total, "correct": correct, "count": count})
+
+
+def apply_fn(spec: StepSpec, state: TrainState):
+  """``images (uint8 batch) -> logits`` of ``state``'s model in eval mode."""
+  from flax import nnx
+
+  model = nnx.merge(spec.eval_graph, state.params, state.other)
+  return lambda images: model(data.normalize(images, spec.info))
+
+
+# ----------------------------------------------------------------------------
+# Building a run.
+
+
+def create_train_state(config: Config, info: data.DatasetInfo, init_batch, steps_per_epoch: int,
+                       sharding) -> tuple[StepSpec, TrainState, summary_lib.SparsitySummary]:
+  """Model, sparse initialisation and optimizer for ``config``.
+
+  Args:
+    config: the run's configuration.
+    info: the dataset's constants.
+    init_batch: ``(x, labels)`` scored by the pruning methods (normalised).
+    steps_per_epoch: optimizer steps per epoch (sets the schedule).
+    sharding: where to place the state (replicated over the mesh).
+
+  Returns:
+    ``(spec, state, sparsity)``.
+  """
+  from flax import nnx
+
+  model = models.build(config.model, info.image_shape, info.num_classes, depth=config.depth,
+                       width=config.width, activation_name=config.activation, seed=config.seed)
+  root = jax.random.key(config.seed)
+  out = methods.initialize_model(
+      config.init, jax.random.fold_in(root, 0), model, config.density, batch=init_batch,
+      allocator=config.allocator, gain=config.gain, bias_std=config.bias_std,
+      center_density=config.center_density, ai_steps=config.ai_steps,
+      sao_degree=config.sao_degree)
+  nnx.update(model, out.params)
+  schedule = optim.schedule(config.schedule, config.lr, steps_per_epoch * config.epochs)
+  tx = optim.sparse_optimizer(config.optimizer, schedule, out.masks, momentum=config.momentum,
+                              weight_decay=config.weight_decay)
+  model.train()
+  train_graph, params, other = nnx.split(model, nnx.Param, ...)
+  model.eval()
+  eval_graph = nnx.split(model, nnx.Param, ...)[0]
+  state = TrainState(jnp.int32(0), params, other, tx.init(params),
+                     jax.random.key_data(jax.random.fold_in(root, 1)))
+  # Fresh buffers: the step donates the state, the model keeps its own.
+  state = jax.device_put(jax.tree.map(jnp.array, state), sharding)
+  return StepSpec(train_graph, eval_graph, tx, info), state, out.summary
+
+
+class _Bounded:
+  """Keeps at most ``depth`` dispatched steps ahead of the host: pushing the
+  metrics of step ``k`` waits for those of step ``k - depth``."""
+
+  def __init__(self, depth: int | None = None):
+    self.depth = MAX_STEPS_IN_FLIGHT if depth is None else depth
+    self._queue = collections.deque()
+
+  def push(self, value):
+    self._queue.append(value)
+    if len(self._queue) > self.depth:
+      jax.block_until_ready(self._queue.popleft())
+    return value
+
+
+def evaluate(step_fn, state: TrainState, loader: data.Loader, name: str, sums: dict) -> dict:
+  """Loss and accuracy of ``state`` on every batch of ``loader``.
+
+  Args:
+    step_fn: the jitted :func:`eval_step` bound to its spec.
+    state: the state to evaluate.
+    loader: an eval :class:`eoi_jax.training.data.Loader`.
+    name: the split's name (keys of the result).
+    sums: zero metrics placed like the state.
+
+  Returns:
+    ``{f"{name}_loss": ..., f"{name}_accuracy": ...}``.
+  """
+  bounded = _Bounded()
+  for batch in loader.epoch(0):
+    sums = bounded.push(step_fn(state, batch, sums))
+  totals = jax.device_get(sums)
+  count = max(float(totals["count"]), 1.0)
+  return {f"{name}_loss": float(totals["loss"]) / count,
+          f"{name}_accuracy": float(totals["correct"]) / count}
+
+
+def _jacobian_stats(spec: StepSpec, state: TrainState, batch: data.Batch) -> dict:
+  """Singular-value statistics of the input-output Jacobians of 32 examples."""
+  from flax import nnx
+
+  model = nnx.merge(spec.eval_graph, state.params, state.other)
+  x = data.normalize(batch.images[:32], spec.info)
+  s = jax.jit(lambda x: diagnostics.jacobian_singular_values(model, x))(x)
+  return {f"jacobian_sv_{k}": float(v) for k, v in diagnostics.singular_value_stats(s).items()}
+
+
+# ----------------------------------------------------------------------------
+# The loop.
+
+
+def train_and_evaluate(config: Config, *, dataset: data.Dataset | None = None,
+                       stop_after_epoch: int | None = None) -> TrainResult:
+  """Runs ``config`` end to end and writes its run directory.
+
+  Everything that can be checked is checked before anything is written: the
+  run directory's permissions and any run already in it, the data, the batch
+  size, the model and its initialisation. Then the directory is locked
+  (another process training in it gets a clear error), the last intact
+  checkpoint is restored (``config.resume``), and epochs run, each ending
+  with evaluation on the validation and test splits, a checkpoint and a log
+  line.
+
+  Args:
+    config: a validated :class:`Config`.
+    dataset: use these arrays instead of loading ``config.dataset``.
+    stop_after_epoch: stop after this many epochs in all (as an
+      interruption would), keeping the checkpoints.
+
+  Returns:
+    A :class:`TrainResult`.
+
+  Raises:
+    ValueError: bad input (names the field), including
+      :class:`eoi_jax.training.rundir.RunDirError` and
+      :class:`eoi_jax.training.checkpoints.NoGoodCheckpoint`.
+    TrainingDiverged: the loss became NaN or infinite.
+  """
+  is_main = jax.process_index() == 0
+  run = RunDir(config.run_dir)
+  if is_main:
+    run.check_writable()
+    if config.resume:
+      run.check_config(dataclasses.asdict(config))
+  if dataset is None:
+    dataset = data.load(config.dataset, config.data_dir, val_fraction=config.val_fraction,
+                        limit=config.limit)
+  mesh = make_mesh(config.devices)
+  replicated = jax.sharding.NamedSharding(mesh, jax.P())
+  train_loader = data.Loader(dataset.train, config.batch_size, mesh, train=True,
+                             seed=config.seed)
+  eval_loaders = {name: data.Loader(split, config.batch_size, mesh, train=False)
+                  for name, split in (("val", dataset.val), ("test", dataset.test)) if len(split)}
+  first = next(iter(train_loader.epoch(0)))  # the pruning methods' scoring batch
+  spec, state, sparsity = create_train_state(
+      config, dataset.info, (data.normalize(first.images, dataset.info), first.labels),
+      train_loader.steps_per_epoch, replicated)
+  step_fn = jax.jit(functools.partial(train_step, spec), donate_argnums=(0,))
+  eval_fn = jax.jit(functools.partial(eval_step, spec))
+  zeros = jax.device_put(zero_metrics(), replicated)
+
+  if is_main:
+    run.lock()
+  try:
+    store = CheckpointStore(run.path / "checkpoints") if config.checkpoint else None
+    try:
+      return _run_epochs(config, run, store, spec, state, sparsity, step_fn, eval_fn, zeros,
+                         train_loader, eval_loaders, mesh, is_main, stop_after_epoch)
+    finally:
+      if store is not None:
+        store.close()
+  finally:
+    run.unlock()
+
+
+def _run_epochs(config, run, store, spec, state, sparsity, step_fn, eval_fn, zeros,
+                train_loader, eval_loaders, mesh, is_main, stop_after_epoch) -> TrainResult:
+  start_epoch = 0
+  if store is not None and config.resume:
+    if is_main:
+      run.check_config(dataclasses.asdict(config))  # again, under the lock
+    restored = store.restore_latest(state)
+    if restored is not None:
+      start_epoch, state = restored[0] + 1, restored[1]
+  history = run.history(start_epoch) if config.resume else []
+  if is_main:
+    run.write_json("config.json", dataclasses.asdict(config))
+    run.write("sparsity.txt", sparsity.table() + "\n")
+    run.write_json("sparsity.json", sparsity.to_dict())
+    run.start_log(history)
+
+  steps = train_loader.steps_per_epoch
+  progress = Progress(steps * config.epochs, quiet=config.quiet or not is_main,
+                      done=start_epoch * steps)
+  last_good = start_epoch - 1
+  for epoch in range(start_epoch, config.epochs):
+    if stop_after_epoch is not None and epoch >= stop_after_epoch:
+      break
+    record = {"epoch": epoch}
+    sums, bounded = zeros, _Bounded()
+    started, compile_s = time.perf_counter(), 0.0
+    for i, batch in enumerate(train_loader.epoch(epoch)):
+      if i == 0 and config.jacobian:
+        record.update(_jacobian_stats(spec, state, batch))
+      t0 = time.perf_counter()
+      state, sums = step_fn(state, batch, sums)
+      bounded.push(sums)
+      if i == 0 and epoch == start_epoch:
+        jax.block_until_ready(sums)
+        compile_s = time.perf_counter() - t0
+        started = time.perf_counter()
+      if i + 1 == steps or (i + 1) % config.log_every == 0 or progress.due():
+        host = jax.device_get(sums)
+        loss = float(host["loss"]) / max(float(host["count"]), 1.0)
+        if not np.isfinite(loss):
+          where = f"epoch {last_good}" if last_good >= 0 else "none"
+          location = run.path / "checkpoints" if store is not None else "(checkpoints off)"
+          raise TrainingDiverged(
+              f"loss became {loss} in epoch {epoch} (step {i + 1}); stopped. The last good "
+              f"checkpoint ({where}) is kept in {location}")
+        progress.update(epoch * steps + i + 1, epoch=epoch + 1, loss=loss,
+                        acc=float(host["correct"]) / max(float(host["count"]), 1.0))
+    elapsed = time.perf_counter() - started
+    timed = steps - (1 if epoch == start_epoch else 0)
+    host = jax.device_get(sums)
+    record.update({
+        "train_loss": float(host["loss"]) / float(host["count"]),
+        "train_accuracy": float(host["correct"]) / float(host["count"]),
+        "lr": _learning_rate(config, steps, int(state.step) - 1),
+        "step_time_s": elapsed / max(timed, 1),
+        "examples_per_s": timed * config.batch_size / max(elapsed, 1e-9),
+    })
+    if compile_s:
+      record["compile_s"] = compile_s
+    for name, loader in eval_loaders.items():
+      record.update(evaluate(eval_fn, state, loader, name, zeros))
+    if store is not None:
+      store.save(epoch, state)
+    last_good = epoch
+    history.append(record)
+    if is_main:
+      run.log(record, history)
+    progress.done(f"epoch {epoch + 1}/{config.epochs} train_loss {record['train_loss']:.4f} "
+                  f"val_acc {record.get('val_accuracy', float('nan')):.4f} "
+                  f"test_acc {record.get('test_accuracy', float('nan')):.4f}")
+  last = history[-1] if history else {}
+  result = {
+      "test_accuracy": last.get("test_accuracy"),
+      "val_accuracy": last.get("val_accuracy"),
+      "best_val_accuracy": max((r["val_accuracy"] for r in history if "val_accuracy" in r),
+                               default=None),
+      "train_loss": last.get("train_loss"),
+      "epochs_done": len(history),
+      "density": sparsity.density,
+      "run_dir": str(run.path.absolute()),
+      "devices": int(mesh.devices.size),
+      "processes": jax.process_count(),
+      "params_l2": float(jnp.sqrt(sum(jnp.sum(jnp.square(p))
+                                       for p in jax.tree.leaves(state.params)))),
+      "params_fingerprint": [int(v) for v in jax.device_get(fingerprint(state.params))],
+  }
+  if is_main:
+    run.write_json("summary.json", result)
+  return TrainResult(result, state, sparsity, history)
+
+
+def _learning_rate(config: Config, steps_per_epoch: int, step: int) -> float:
+  schedule = optim.schedule(config.schedule, config.lr, steps_per_epoch * config.epochs)
+  return float(schedule(max(step, 0)))
+
+
+def train(config: Config, stop_after_epoch: int | None = None) -> dict:
+  """Runs ``config`` end to end; returns the summary (``test_accuracy`` first)."""
+  return train_and_evaluate(config, stop_after_epoch=stop_after_epoch).summary
