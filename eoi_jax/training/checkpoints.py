@@ -15,6 +15,8 @@ writes in flight and stops Orbax's background threads.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import warnings
 from pathlib import Path
 
@@ -62,6 +64,18 @@ def _fingerprint_list(tree) -> list[int]:
   return [int(v) for v in np.asarray(jax.device_get(fingerprint(tree)))]
 
 
+@contextlib.contextmanager
+def _quiet_orbax():
+  """Orbax logs a damaged checkpoint with a traceback; the store reports it itself."""
+  logger = logging.getLogger("absl")
+  level = logger.level
+  logger.setLevel(logging.CRITICAL)
+  try:
+    yield
+  finally:
+    logger.setLevel(level)
+
+
 class CheckpointStore:
   """Saves and restores the training state in ``directory``.
 
@@ -94,7 +108,13 @@ class CheckpointStore:
 
   def steps(self) -> list[int]:
     """Steps of the complete checkpoints on disk, oldest first."""
-    return sorted(self._manager.all_steps(read=True))
+    self._manager.reload()
+    return sorted(self._manager.all_steps())
+
+  def clear(self) -> None:
+    """Deletes every checkpoint (a run that starts over)."""
+    for step in self.steps():
+      self._manager.delete(step)
 
   def save(self, step: int, state) -> None:
     """Writes ``state`` as checkpoint ``step`` and waits until it is complete."""
@@ -131,12 +151,13 @@ class CheckpointStore:
     problems = []
     for step in reversed(steps):
       try:
-        return step, self._restore(step, abstract)
+        with _quiet_orbax():
+          return step, self._restore(step, abstract)
       except Exception as e:  # Orbax and TensorStore raise many kinds for damaged files
-        reason = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        reason = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300]
         problems.append(f"step {step}: {reason}")
         warnings.warn(f"checkpoint {self.directory / str(step)} cannot be restored "
-                      f"({reason[:300]}); trying the one before it", stacklevel=2)
+                      f"({reason}); trying the one before it", RuntimeWarning, stacklevel=2)
     if steps:
       raise NoGoodCheckpoint(
           f"no checkpoint in {self.directory} can be restored ({'; '.join(problems)[:600]}); "

@@ -19,6 +19,7 @@ import dataclasses
 import json
 import os
 import sys
+import warnings
 
 from eoi_jax.training.config import PRESETS, Config
 
@@ -45,7 +46,7 @@ def _train_parser(sub):
 
 def _data_parser(sub):
   parser = sub.add_parser("data", help="provision or verify datasets")
-  dsub = parser.add_subparsers(dest="data_command", required=True)
+  dsub = parser.add_subparsers(dest="data_command", required=True, parser_class=_Parser)
   fetch = dsub.add_parser("fetch", help="download or convert a dataset into the data directory")
   fetch.add_argument("name")
   fetch.add_argument("--data-dir")
@@ -58,9 +59,16 @@ def _data_parser(sub):
   verify.add_argument("--data-dir")
 
 
+class _Parser(argparse.ArgumentParser):
+  """Usage errors as one line (``eoi-jax: error: ...``) and exit code 2."""
+
+  def error(self, message):
+    self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-  parser = argparse.ArgumentParser(prog="eoi-jax", description=__doc__.split("\n")[0])
-  sub = parser.add_subparsers(dest="command", required=True)
+  parser = _Parser(prog="eoi-jax", description=__doc__.split("\n")[0])
+  sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
   _train_parser(sub)
   _data_parser(sub)
   return parser
@@ -119,7 +127,12 @@ def _run_data(args) -> int:
   return 0
 
 
+def _one_line_warning(message, category, filename, lineno, file=None, line=None):
+  print(f"eoi-jax: warning: {message}", file=sys.stderr if file is None else file)
+
+
 def main(argv=None) -> int:
+  warnings.showwarning = _one_line_warning
   parser = build_parser()
   args = parser.parse_args(argv)
   try:

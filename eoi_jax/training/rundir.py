@@ -24,6 +24,7 @@ import fcntl
 import io
 import json
 import os
+import tempfile
 from pathlib import Path
 
 
@@ -49,16 +50,24 @@ class RunDir:
   # -- checks that write nothing ----------------------------------------------
 
   def check_writable(self) -> None:
-    """Raises :class:`RunDirError` when the directory cannot be created or written."""
+    """Raises :class:`RunDirError` when the directory cannot be created or written.
+
+    Probes the directory (or its nearest existing parent) with a temporary
+    file that is removed at once, so permissions, read-only file systems and
+    a file in the way are all caught before anything is written.
+    """
     existing = self.path
-    while not existing.exists():
-      if existing.parent == existing:
-        break
+    while not existing.exists() and existing.parent != existing:
       existing = existing.parent
-    if existing.exists() and not existing.is_dir():
-      raise RunDirError(f"run_dir: {existing} is a file, not a directory")
-    if not os.access(existing, os.W_OK | os.X_OK):
-      raise RunDirError(f"run_dir: {existing} is not writable (needed for {self.path})")
+    if not existing.is_dir():
+      raise RunDirError(f"run_dir: {existing} is a file, not a directory (run_dir={self.path})")
+    try:
+      handle, probe = tempfile.mkstemp(prefix=".eoi-jax-probe-", dir=existing)
+      os.close(handle)
+      os.remove(probe)
+    except OSError as e:
+      raise RunDirError(f"run_dir: {existing} is not writable ({e.strerror}); cannot create "
+                        f"{self.path}") from None
 
   def saved_config(self) -> dict | None:
     """The ``config.json`` of a run already here, or ``None``."""

@@ -340,6 +340,8 @@ def _run_epochs(config, run, store, spec, state, sparsity, step_fn, eval_fn, zer
     restored = store.restore_latest(state)
     if restored is not None:
       start_epoch, state = restored[0] + 1, restored[1]
+  elif store is not None:
+    store.clear()
   history = run.history(start_epoch) if config.resume else []
   if is_main:
     run.write_json("config.json", dataclasses.asdict(config))

@@ -133,7 +133,8 @@ class Loader:
       self._host_labels = split.labels[rank::self.num_processes].astype(np.int32)
       self.local_batch = batch_size // self.num_processes
     if train and self.size < batch_size:
-      raise ValueError(f"batch_size {batch_size} exceeds the split's {self.size} examples")
+      raise ValueError(f"batch_size {batch_size} exceeds the {self.size} examples of the "
+                       "training split")
 
   @property
   def steps_per_epoch(self) -> int:
