@@ -275,3 +275,15 @@ def test_batch_norm_model_trains_and_updates_statistics(tmp_path):
              for a, b in zip(jax.tree.leaves(fresh), jax.tree.leaves(result.state.other))]
   assert any(changed)  # running statistics moved
   assert np.isfinite(result.summary["train_loss"])
+
+
+def test_runs_close_their_checkpoint_managers_and_threads(tmp_path):
+  import threading
+
+  train(_config(tmp_path, "warm", epochs=1))
+  baseline = {t.name for t in threading.enumerate()}
+  for i in range(3):  # a sweep's worth of runs in one process
+    train(_config(tmp_path, f"run{i}", epochs=1))
+  alive = [t.name for t in threading.enumerate() if t.name not in baseline]
+  assert alive == []
+  assert not any("metadata_store" in t.name for t in threading.enumerate())
