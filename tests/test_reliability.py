@@ -124,8 +124,21 @@ sys.exit(cli.main(argv))
 """
 
 
+_CACHE = {}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def compilation_cache(tmp_path_factory):
+  """One persistent compilation cache for this module's runs (the command
+  line turns one on): the first run compiles, the others reuse it."""
+  _CACHE["dir"] = str(tmp_path_factory.mktemp("jax-cache"))
+  yield
+  _CACHE.clear()
+
+
 def _env():
-  return dict(os.environ, PYTHONPATH=str(REPO), JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1")
+  return dict(os.environ, PYTHONPATH=str(REPO), JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1",
+              JAX_COMPILATION_CACHE_DIR=_CACHE["dir"])
 
 
 def _train(run_dir, *extra, fault=None, arg="0", data_dir=None, wait=True):

@@ -23,8 +23,10 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def _config(tmp_path, name="run", **overrides):
+  # One device: the sharded path has tests of its own (8 simulated devices
+  # make every step an all-reduce over 8 threads on a 2-core machine).
   values = dict(dataset="synthetic", depth=4, width=32, density=0.25, lr=0.05, epochs=2,
-                batch_size=64, quiet=True, run_dir=str(tmp_path / name))
+                batch_size=64, quiet=True, devices=1, run_dir=str(tmp_path / name))
   values.update(overrides)
   return make_config("mnist_mlp", **values)
 
@@ -203,7 +205,7 @@ def test_config_overrides_files_and_errors(tmp_path):
 
 def test_cli_end_to_end(tmp_path, capsys):
   code = cli.main(["train", "--dataset", "synthetic", "--depth", "3", "--width", "16",
-                   "--epochs", "1", "--batch-size", "32", "--quiet", "true",
+                   "--epochs", "1", "--batch-size", "32", "--quiet", "true", "--devices", "1",
                    "--run-dir", str(tmp_path / "cli")])
   assert code == 0
   out = capsys.readouterr().out
@@ -269,7 +271,7 @@ def test_main_job_on_real_mnist(tmp_path):
 
 def test_batch_norm_model_trains_and_updates_statistics(tmp_path):
   result = train_and_evaluate(_config(tmp_path, model="resnet32", activation="relu", epochs=1,
-                                      checkpoint=False, lr=0.05))
+                                      init="dense", limit=300, checkpoint=False, lr=0.05))
   fresh = nnx.state(models.build("resnet32", (8, 8, 1), 10), nnx.Not(nnx.Param))
   changed = [not np.array_equal(np.asarray(a), np.asarray(b))
              for a, b in zip(jax.tree.leaves(fresh), jax.tree.leaves(result.state.other))]

@@ -75,9 +75,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _setup_jax(args):
-  """Device and process setup; must run before JAX starts a backend."""
+  """Device, process and cache setup; must run before JAX starts a backend."""
   import jax
 
+  from eoi_jax.training import compilation_cache
+
+  compilation_cache.enable()
   wanted = args.local_devices
   if wanted is None and args.devices is not None and int(args.devices) > 1:
     wanted = int(args.devices)  # on CPU, simulate as many devices as asked for
