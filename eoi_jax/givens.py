@@ -9,19 +9,21 @@ stops at the first rotation whose density reaches the target and returns
 whichever of the last two matrices is closer to it.
 
 How it runs. The matrix is held transposed, ``(cols, rows)``, so a column pair
-of ``A`` is two contiguous rows. Two ``lax.scan`` passes share the rotations:
+of ``A`` is two contiguous rows. One loop applies the rotations: each first
+updates the supports, held bit-packed (32 rows of ``A`` per uint32 word; a
+rotation ORs two columns' bit sets and adds the popcount of their XOR to the
+non-zero count: O(rows / 32) work, no trigonometry), which decides whether it
+is the stopping rotation, then the values (a two-row read, a 2x2 product and
+a two-row write, updated in place by XLA: O(rows), never a recount). The
+loop runs in chunks of rotations sized from the support Markov chain
+(:func:`max_rotations`) until the stop is decided, so the result is exact for
+every key.
 
-1. The support pass simulates the supports alone, as bit-packed rows (32 rows
-   of ``A`` per uint32 word). A rotation ORs two columns' bit sets and adds the
-   popcount of their XOR to the non-zero count: O(rows / 32) work, no
-   trigonometry. The stopping rotation follows from the running count.
-2. The value pass applies exactly that many rotations (later steps rotate by
-   angle 0), each a two-row read, a 2x2 product and a two-row write, updated
-   in place by XLA: O(rows) per rotation, never a recount of the matrix.
-
-Both scans run a static number of steps chosen from the support Markov chain
-(:func:`max_rotations`); when the target is not reached by then, a
-``lax.while_loop`` continues in chunks, so the result is exact for every key.
+One compiled program serves many problems. Sizes are padded to buckets
+(:func:`bucket`) and the true sizes and targets are traced values
+(:func:`padded_core`): every matrix up to ``R x C`` at every density shares the
+program of that :class:`CoreShape`, and a whole network's kernels of one
+bucket run in one vmapped call.
 
 Rotation ``t`` depends only on ``(key, t)`` (through ``jax.random.fold_in``),
 so the sequence for a denser target extends the one for a sparser target, and
@@ -68,19 +70,6 @@ class GivensResult(NamedTuple):
   nnz: Array
 
 
-class _SupportState(NamedTuple):
-  support: Array  # (cols, words) uint32: bit b of word w of column k is row 32 w + b.
-  nnz: Array  # non-zeros after the rotations simulated so far.
-  next_index: Array  # index of the next rotation to draw.
-  done: Array  # the stopping rotation is known.
-  num_rotations: Array  # rotations to apply (valid once done).
-
-
-class _ValueState(NamedTuple):
-  columns: Array  # (cols, rows): A transposed, one row per column of A.
-  next_index: Array
-
-
 # ----------------------------------------------------------------------------
 # Rotation sequences.
 
@@ -110,19 +99,108 @@ def _open_unit_interval(hi_bits, lo_bits, dtype):
   return (2.0 * (hi_bits >> 9).astype(dtype) + 1.0) * 2.0**-24
 
 
-def _sample_rotation(key, index, num_cols, dtype):
-  bits = jax.random.bits(jax.random.fold_in(key, index), (4,), jnp.uint32)
-  i = _below(bits[0], num_cols)
-  j = _below(bits[1], num_cols - 1)
-  j = j + (j >= i).astype(jnp.int32)  # uniform over j != i
-  angle = _TWO_PI * _open_unit_interval(bits[2], bits[3], dtype)
-  return jnp.stack([i, j]), angle.astype(dtype)
+_ROTATIONS = ((13, 15, 26, 6), (17, 29, 16, 24))
+
+
+def _threefry2x32(k1, k2, x1, x2):
+  """The Threefry-2x32 hash (20 rounds) as ``jax.random`` computes it, unrolled.
+
+  JAX lowers its own hash on CPU to a rolled loop, which XLA compiles slowly
+  when it sits inside another loop; this is the same function in plain
+  uint32 arithmetic, so every bit equals ``jax.random``'s.
+  """
+  ks = (k1, k2, k1 ^ k2 ^ jnp.uint32(0x1BD11BDA))
+  x1, x2 = x1 + ks[0], x2 + ks[1]
+  for block in range(5):
+    for r in _ROTATIONS[block % 2]:
+      x1 = x1 + x2
+      x2 = (x2 << jnp.uint32(r)) | (x2 >> jnp.uint32(32 - r))
+      x2 = x1 ^ x2
+    x1 = x1 + ks[(block + 1) % 3]
+    x2 = x2 + ks[(block + 2) % 3] + jnp.uint32(block + 1)
+  return x1, x2
+
+
+def _rotation_bits(key, indices):
+  """``jax.random.bits(jax.random.fold_in(key, t), (4,), uint32)`` for each ``t``
+  of ``indices``: ``(n, 4)`` uint32.
+
+  For threefry keys with partitionable random bits (JAX's defaults) this is
+  computed by :func:`_threefry2x32`, bit for bit the same; other keys go
+  through ``jax.random``.
+  """
+  data = _threefry_key(key)
+  if data is not None:
+    indices = indices.astype(jnp.uint32)
+    # fold_in(key, t) hashes the count (0, t); bits(k, (4,)) hashes counts
+    # (0, 0..3) and xors the two output words.
+    y1, y2 = _threefry2x32(data[0], data[1], jnp.zeros_like(indices), indices)
+    counts = jnp.arange(4, dtype=jnp.uint32)
+    b1, b2 = _threefry2x32(y1[:, None], y2[:, None], jnp.zeros_like(counts), counts)
+    return b1 ^ b2
+  return jax.vmap(lambda t: jax.random.bits(jax.random.fold_in(key, t), (4,), jnp.uint32))(
+      indices)
+
+
+def _threefry_key(key):
+  """The key's two uint32 words when :func:`_threefry2x32` reproduces its
+  ``jax.random`` draws (threefry, partitionable bits: JAX's defaults), else ``None``."""
+  if not jax.config.jax_threefry_partitionable:
+    return None
+  if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
+    if str(jax.random.key_impl(key)) != "threefry2x32":
+      return None
+    return jax.random.key_data(key)
+  return key
+
+
+def _split(key, num: int):
+  """``jax.random.split(key, num)``, traceable, compiled fast (threefry keys)."""
+  data = _threefry_key(key)
+  if data is None:
+    return jax.random.split(key, num)
+  counts = jnp.arange(num, dtype=jnp.uint32)
+  # With partitionable bits, split key i hashes the count (0, i), as fold_in(key, i).
+  y1, y2 = _threefry2x32(data[0], data[1], jnp.zeros_like(counts), counts)
+  # The barrier keeps XLA from fusing this hash into a consumer's hash: one
+  # fused chain of both compiles several times slower than the two apart.
+  pairs = lax.optimization_barrier(jnp.stack([y1, y2], axis=1))
+  if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
+    return jax.random.wrap_key_data(pairs, impl=jax.random.key_impl(key))
+  return pairs
+
+
+split = jax.jit(_split, static_argnums=1)
+split.__doc__ = """``jax.random.split(key, num)``, bit for bit, in one quickly compiled program.
+
+JAX's own hash lowers on CPU to a rolled loop that takes XLA a few hundred
+milliseconds to compile for each new shape; this one compiles in tens.
+"""
+
+
+def uniform(key, size: int):
+  """``jax.random.uniform(key, (size,))`` (float32, bit for bit), compiled fast.
+
+  With partitionable threefry, element ``k`` does not depend on ``size``: a
+  longer draw extends a shorter one.
+  """
+  data = _threefry_key(key)
+  if data is None:
+    return jax.random.uniform(key, (size,))
+  counts = jnp.arange(size, dtype=jnp.uint32)
+  b1, b2 = _threefry2x32(data[0], data[1], jnp.zeros_like(counts), counts)
+  floats = lax.bitcast_convert_type(((b1 ^ b2) >> jnp.uint32(9)) | jnp.uint32(0x3F800000),
+                                    jnp.float32) - jnp.float32(1.0)
+  return jnp.maximum(jnp.float32(0.0), floats)
 
 
 def _sample_rotations(key, indices, num_cols, dtype):
-  return jax.vmap(_sample_rotation, in_axes=(None, 0, None, None))(
-      key, indices, num_cols, dtype
-  )
+  bits = _rotation_bits(key, indices)
+  i = _below(bits[:, 0], num_cols)
+  j = _below(bits[:, 1], num_cols - 1)
+  j = j + (j >= i).astype(jnp.int32)  # uniform over j != i
+  angle = _TWO_PI * _open_unit_interval(bits[:, 2], bits[:, 3], dtype)
+  return jnp.stack([i, j], axis=1), angle.astype(dtype)
 
 
 def rotation_sequence(
@@ -259,27 +337,52 @@ def support_trajectory(key: Array, rows: int, cols: int, num_rotations: int) -> 
 # Planning.
 
 
-def _chunk_length(cols: int) -> int:
-  return max(16, int(cols) // 8)
+def bucket(n: int) -> int:
+  """The padded size ``n`` shares a compiled program with.
+
+  Powers of two from 8 to 128, then the next ``m * 2**e`` with ``m`` in 4 to 8
+  (at most 25% padding): 100 -> 128, 784 -> 896, 1000 -> 1024, 3000 -> 3072.
+  """
+  n = max(int(n), 1)
+  if n <= 128:
+    return max(8, 1 << (n - 1).bit_length())
+  step = 1 << ((n - 1).bit_length() - 3)
+  return -(-n // step) * step
 
 
 def max_rotations(rows: int, cols: int, density: float) -> int:
-  """Static scan length used for a ``rows x cols`` target of ``density``.
+  """Rotations a ``rows x cols`` target of ``density`` is planned for.
 
   The mean-field time plus a margin for the chain's early-phase spread, which
-  shrinks like ``1 / sqrt(rows)`` (about 0.2 ``c`` for 100 rows). Generators
-  stay exact beyond it (they continue in a while loop); this only sets how
-  much work is done without a data-dependent loop. It is rounded up to a
-  multiple of the continuation chunk so that nearby densities share one
-  compiled program.
+  shrinks like ``1 / sqrt(rows)`` (about 0.2 ``c`` for 100 rows). The
+  generator draws and applies rotations in chunks of at least this many
+  (:class:`CoreShape`) and continues while the target is not reached, so the
+  result is exact for every key; this only sets how much work one chunk does.
   """
   r, c = int(rows), int(cols)
   if c < 2:
     return 0
   d = min(float(density), 1.0 - 1.0 / (2.0 * r * c))
-  steps = chain.mean_field_rotations(c, d) + c * (0.25 + 1.5 / math.sqrt(r))
-  chunk = _chunk_length(c)
-  return int(math.ceil(steps / chunk)) * chunk
+  return int(math.ceil(chain.mean_field_rotations(c, d) + c * (0.25 + 1.5 / math.sqrt(r))))
+
+
+class CoreShape(NamedTuple):
+  """The static shape of one compiled generator: every problem up to
+  ``rows x cols`` runs in it, ``chunk`` rotations per loop iteration."""
+
+  rows: int
+  cols: int
+  chunk: int
+
+  @classmethod
+  def of(cls, rows: int, cols: int, density) -> "CoreShape":
+    """The bucketed shape for ``rows x cols`` at ``density`` (scalar or array)."""
+    steps = max(max_rotations(rows, cols, float(d)) for d in np.ravel(density))
+    return cls(bucket(rows), bucket(cols), bucket(max(16, steps)))
+
+  def merge(self, other: "CoreShape") -> "CoreShape":
+    """The smallest shape that runs both."""
+    return CoreShape(*(max(a, b) for a, b in zip(self, other)))
 
 
 def integer_targets(density, rows: int, cols: int) -> tuple[np.ndarray, np.ndarray]:
@@ -305,7 +408,89 @@ def integer_targets(density, rows: int, cols: int) -> tuple[np.ndarray, np.ndarr
 # The generator.
 
 
-@functools.partial(jax.jit, static_argnames=("rows", "cols", "num_steps", "dtype"))
+class _State(NamedTuple):
+  columns: Array  # (C, R): A transposed, zero-padded; one row per column of A.
+  support: Array  # (C, words) uint32: bit b of word w of column k is row 32 w + b.
+  nnz: Array  # non-zeros after the rotations applied so far.
+  done: Array  # the stopping rotation has been decided.
+  num_rotations: Array  # rotations applied.
+  next_index: Array  # index of the next rotation to draw.
+
+
+def _identity(rows, shape: CoreShape, dtype):
+  """``[I | 0]`` with ``rows`` rows, transposed and padded to ``shape``, and its
+  bit-packed support."""
+  k = jnp.arange(shape.rows)
+  on = k < rows
+  columns = ((jnp.arange(shape.cols)[:, None] == k[None, :]) & on[None, :]).astype(dtype)
+  bits = jnp.where(on, jnp.left_shift(jnp.uint32(1), (k % _WORD_BITS).astype(jnp.uint32)),
+                   jnp.uint32(0))
+  words = -(-shape.rows // _WORD_BITS)
+  support = jnp.zeros((shape.cols, words), jnp.uint32).at[k, k // _WORD_BITS].set(bits)
+  return columns, support
+
+
+@functools.partial(jax.jit, static_argnames=("shape", "dtype"))
+def padded_core(key: Array, rows, cols, target_nnz, undo_above, *, shape: CoreShape,
+                dtype=jnp.float32):
+  """The EOI loop for a ``rows x cols`` problem (traced) in a ``shape`` buffer.
+
+  One compiled program serves every problem up to ``shape.rows x
+  shape.cols`` and every density: the sizes and targets are traced values.
+  Each loop iteration draws ``shape.chunk`` rotations and applies them in a
+  ``lax.scan``; a rotation first updates the bit-packed supports (its growth
+  is the popcount of the two columns' XOR), which decides whether it is the
+  stopping one, then the values, in place. Rotations after the stop turn by
+  angle 0. The loop ends once the stop is decided, so the result is exact for
+  every key, and equal to applying the first ``num_rotations`` rotations of
+  :func:`rotation_sequence` one by one.
+
+  Args:
+    key: a ``jax.random`` key.
+    rows, cols: int32 sizes, ``rows <= cols``, at most the shape's.
+    target_nnz, undo_above: int32 from :func:`integer_targets`.
+    shape: the static :class:`CoreShape`.
+    dtype: float dtype of the computation.
+
+  Returns:
+    ``(columns, num_rotations, nnz)``: ``columns[:cols, :rows]`` is the
+    matrix transposed (zeros elsewhere), ``num_rotations`` and ``nnz`` int32.
+  """
+  rows = jnp.asarray(rows, jnp.int32)
+  cols = jnp.asarray(cols, jnp.int32)
+  target_nnz = jnp.asarray(target_nnz, jnp.int32)
+  undo_above = jnp.asarray(undo_above, jnp.int32)
+  columns, support = _identity(rows, shape, dtype)
+
+  def rotate(state: _State, rotation) -> tuple[_State, None]:
+    pair, angle = rotation
+    old = lax.optimization_barrier(_read_pair(state.support, pair))
+    after = state.nnz + jnp.sum(lax.population_count(old[0] ^ old[1]), dtype=jnp.int32)
+    reach = ~state.done & (after >= target_nnz)
+    # At the first rotation reaching the target, stop before it when the
+    # previous matrix is strictly closer: |before - d r c| < |after - d r c|.
+    apply = ~state.done & ~(reach & (state.nnz + after > undo_above))
+    union = (old[0] | old[1])[None]
+    cos = jnp.where(apply, jnp.cos(angle), jnp.ones_like(angle))
+    sin = jnp.where(apply, jnp.sin(angle), jnp.zeros_like(angle))
+    return _State(
+        columns=_rotate_pair(state.columns, pair, cos, sin),
+        support=_write_pair(state.support, pair, jnp.concatenate([union, union])),
+        nnz=jnp.where(apply, after, state.nnz),
+        done=state.done | reach,
+        num_rotations=state.num_rotations + apply.astype(jnp.int32),
+        next_index=state.next_index + 1,
+    ), None
+
+  def chunk(state: _State) -> _State:
+    indices = state.next_index + jnp.arange(shape.chunk, dtype=jnp.int32)
+    return lax.scan(rotate, state, _sample_rotations(key, indices, cols, dtype))[0]
+
+  state = _State(columns, support, rows, rows >= target_nnz, jnp.int32(0), jnp.int32(0))
+  state = lax.while_loop(lambda s: ~s.done, chunk, state)
+  return state.columns, state.num_rotations, jnp.count_nonzero(state.columns).astype(jnp.int32)
+
+
 def givens_core(
     key: Array,
     rows: int,
@@ -321,7 +506,8 @@ def givens_core(
     key: a ``jax.random`` key.
     rows, cols: static sizes, ``rows <= cols``.
     target_nnz, undo_above: int32 scalars from :func:`integer_targets`.
-    num_steps: static scan length, e.g. :func:`max_rotations`.
+    num_steps: rotations planned for, e.g. :func:`max_rotations` (sets the
+      chunk of the compiled loop, never the result).
     dtype: float dtype of the computation.
 
   Returns:
@@ -330,79 +516,10 @@ def givens_core(
   r, c = int(rows), int(cols)
   if r > c:
     raise ValueError(f"rows must be <= cols, got {rows} x {cols}")
-  dtype = jnp.dtype(dtype)
-  if c == 1:
-    return GivensResult(jnp.ones((1, 1), dtype), jnp.int32(0), jnp.int32(1))
-  target_nnz = jnp.asarray(target_nnz, jnp.int32)
-  undo_above = jnp.asarray(undo_above, jnp.int32)
-  chunk = _chunk_length(c)
-
-  def sample(start, length):
-    indices = start + jnp.arange(length, dtype=jnp.int32)
-    return _sample_rotations(key, indices, c, dtype)
-
-  # Pass 1: supports only, to find the number of rotations.
-  def advance_support(state: _SupportState, pairs) -> _SupportState:
-    support, grown = lax.scan(_support_step, state.support, pairs)
-    after = state.nnz + jnp.cumsum(grown)
-    before = jnp.concatenate([state.nnz[None], after[:-1]])
-    hit = after >= target_nnz
-    first = jnp.argmax(hit)
-    # At the first rotation reaching the target, stop before it when the
-    # previous matrix is strictly closer: |before - d r c| < |after - d r c|.
-    closer_before = before[first] + after[first] > undo_above
-    stop = state.next_index + first + 1 - closer_before.astype(jnp.int32)
-    newly_done = ~state.done & jnp.any(hit)
-    return _SupportState(
-        support=support,
-        nnz=after[-1],
-        next_index=state.next_index + pairs.shape[0],
-        done=state.done | newly_done,
-        num_rotations=jnp.where(newly_done, stop, state.num_rotations),
-    )
-
-  pairs, angles = sample(jnp.int32(0), num_steps)
-  state = _SupportState(
-      support=_packed_identity(r, c),
-      nnz=jnp.int32(r),
-      next_index=jnp.int32(0),
-      done=jnp.int32(r) >= target_nnz,
-      num_rotations=jnp.int32(0),
-  )
-  if num_steps > 0:
-    state = advance_support(state, pairs)
-  state = lax.while_loop(
-      lambda s: ~s.done,
-      lambda s: advance_support(s, sample(s.next_index, chunk)[0]),
-      state,
-  )
-  num_rotations = state.num_rotations
-
-  # Pass 2: values; rotations past the stopping one turn by angle 0.
-  def advance_values(state: _ValueState, rotations) -> _ValueState:
-    def step(carry, rotation):
-      columns, index = carry
-      pair, angle = rotation
-      apply = index < num_rotations
-      cos = jnp.where(apply, jnp.cos(angle), jnp.ones_like(angle))
-      sin = jnp.where(apply, jnp.sin(angle), jnp.zeros_like(angle))
-      return (_rotate_pair(columns, pair, cos, sin), index + 1), None
-
-    (columns, index), _ = lax.scan(step, (state.columns, state.next_index), rotations)
-    return _ValueState(columns, index)
-
-  values = _ValueState(jnp.eye(c, r, dtype=dtype), jnp.int32(0))
-  if num_steps > 0:
-    values = advance_values(values, (pairs, angles))
-  values = lax.while_loop(
-      lambda s: s.next_index < num_rotations,
-      lambda s: advance_values(s, sample(s.next_index, chunk)),
-      values,
-  )
-  nnz = jnp.count_nonzero(values.columns).astype(jnp.int32)
-  return GivensResult(values.columns.T, num_rotations, nnz)
-
-
+  shape = CoreShape(bucket(r), bucket(c), bucket(max(16, int(num_steps))))
+  columns, num_rotations, nnz = padded_core(key, r, c, target_nnz, undo_above, shape=shape,
+                                            dtype=jnp.dtype(dtype))
+  return GivensResult(columns[:c, :r].T, num_rotations, nnz)
 
 
 def givens_orthogonal(

@@ -24,6 +24,7 @@ import numpy as np
 
 from eoi_jax import _validation, givens
 from eoi_jax.counts import count_for_density
+from eoi_jax.topk import keep_top
 
 Array = jax.Array
 
@@ -121,19 +122,6 @@ def center_density_for(density: float, num_taps: int, center_density=None) -> fl
   return rule
 
 
-@functools.partial(jax.jit, static_argnames=("fan_in", "fan_out", "num_steps", "dtype"))
-def _oriented_core(key, fan_in, fan_out, target, undo_above, num_steps, gain, dtype):
-  """Dense ``(fan_in, fan_out)`` EOI weight from (possibly traced) targets."""
-  rows, cols = min(fan_in, fan_out), max(fan_in, fan_out)
-  result = givens.givens_core(
-      key, rows, cols, target, undo_above, num_steps, compute_dtype(dtype)
-  )
-  # The core keeps A transposed, (cols, rows): only wide kernels pay for a
-  # transpose here.
-  weight = (gain * from_wide(result.matrix, fan_in, fan_out)).astype(dtype)
-  return weight, weight != 0
-
-
 def sparse_orthogonal(
     key: Array, shape, density, *, gain=1.0, dtype=jnp.float32
 ) -> tuple[Array, Array]:
@@ -167,26 +155,9 @@ def sparse_orthogonal(
   shape = _validation.check_shape(shape, (2,))
   d = _validation.check_density(density)
   _validation.check_gain(gain)
-  plan = _plan(shape, np.float64(d))
-  return _kernel_core(key, plan.target, plan.undo_above, plan.mask_count, gain,
-                      **plan.static(check_float_dtype(dtype), structured=False))
-
-
-def _conv_mask(key, center_mask, shape, mask_count):
-  """Centre support plus uniformly random extra entries up to ``mask_count``.
-
-  Support entries sort first (score -1), the rest by a uniform score; a
-  stable argsort breaks ties by position, so exactly
-  ``max(mask_count, nnz(centre))`` entries are kept.
-  """
-  support = place_at_center(center_mask, shape).reshape(-1)
-  scores = jnp.where(support, -1.0, jax.random.uniform(key, support.shape))
-  order = jnp.argsort(scores, stable=True)
-  rank = jnp.zeros(support.shape, jnp.int32).at[order].set(
-      jnp.arange(support.size, dtype=jnp.int32)
-  )
-  keep = jnp.maximum(mask_count, jnp.sum(support, dtype=jnp.int32))
-  return (rank < keep).reshape(shape)
+  (weight, mask), = generate([KernelRequest(shape, key[None], np.array([d]))], gain=gain,
+                             dtype=check_float_dtype(dtype))
+  return weight[0], mask[0]
 
 
 def sparse_delta_orthogonal(
@@ -237,60 +208,245 @@ def sparse_delta_orthogonal(
   _validation.check_gain(gain)
   center_density = check_center_density(center_density)
   structured = _validation.check_flag(structured, "structured")
-  plan = _plan(shape, np.float64(d), center_density)
-  return _kernel_core(key, plan.target, plan.undo_above, plan.mask_count, gain,
-                      **plan.static(check_float_dtype(dtype), structured=structured))
+  (kernel, mask), = generate([KernelRequest(shape, key[None], np.array([d]))], gain=gain,
+                             center_density=center_density, structured=structured,
+                             dtype=check_float_dtype(dtype))
+  return kernel[0], mask[0]
+
+
+class KernelRequest(NamedTuple):
+  """EOI kernels of one shape: ``densities`` of shape ``(B,)`` (checked) and
+  their ``keys`` (``(B,)``, or entries ``key_index`` of ``keys``); the results
+  come shaped ``out_shape`` (default ``(B, *shape)``, e.g. a stack's leaf
+  shape)."""
+
+  shape: tuple[int, ...]
+  keys: Array
+  densities: np.ndarray
+  out_shape: tuple[int, ...] | None = None
+  key_index: np.ndarray | None = None
+
+  @property
+  def index(self) -> np.ndarray:
+    return np.arange(len(self.keys)) if self.key_index is None else self.key_index
+
+
+def _batch_size(n: int) -> int:
+  """Batch sizes share compiled programs in the buckets of :func:`givens.bucket`."""
+  return 1 << (n - 1).bit_length() if n <= 128 else givens.bucket(n)
+
+
+# Calls are merged when that wastes at most this many element operations
+# (about a millisecond on one CPU core): a small network then runs in one
+# compiled generator.
+_MERGE_SLACK = 1 << 23
+
+
+def _merged_calls(items):
+  """Groups ``(CoreShape, batch)`` items into generator calls, largest first,
+  each joining the first call it can share at a cost of at most
+  :data:`_MERGE_SLACK` element operations over running alone.
+
+  Returns:
+    ``[(CoreShape, member indices)]``.
+  """
+  def cost(shape: givens.CoreShape, batch: int) -> int:  # rotations x rows + set-up
+    return _batch_size(batch) * shape.rows * (shape.chunk + shape.cols)
+
+  calls = []  # [shape, members, batch]
+  for i in sorted(range(len(items)), key=lambda i: -cost(*items[i])):
+    shape, batch = items[i]
+    for call in calls:
+      joined = call[0].merge(shape)
+      if cost(joined, call[2] + batch) <= cost(call[0], call[2]) + cost(shape, batch) + _MERGE_SLACK:
+        call[0], call[2] = joined, call[2] + batch
+        call[1].append(i)
+        break
+    else:
+      calls.append([shape, [i], batch])
+  return [(shape, sorted(members)) for shape, members, _ in calls]
+
+
+@functools.partial(jax.jit, static_argnames=("shape", "dtype", "any_conv"))
+def _cores(keys, index, conv, sizes, *, shape, dtype, any_conv):
+  """:func:`givens.padded_core` for a batch with ``keys[index]``: ``sizes`` is
+  ``(B, 4)`` int32 (rows, cols, target non-zeros, undo threshold). A conv
+  kernel's key is split first: the generator takes the first half, the mask
+  the second."""
+  keys = keys[index]
+  if any_conv:
+    keys = jnp.where(conv, jax.vmap(lambda k: givens.split(k, 2)[0])(keys), keys)
+  return jax.vmap(functools.partial(givens.padded_core, shape=shape, dtype=dtype))(
+      keys, *sizes.T)
+
+
+@functools.partial(jax.jit, static_argnames="size")
+def _conv_masks(outputs, positions, keys, key_index, geometry, *, size):
+  """Conv masks, flattened and padded to ``size``, for entries ``positions``
+  of a batch of generator outputs (their keys are ``keys[key_index]``).
+
+  A kernel's mask is its centre support plus uniformly random entries up to
+  its count (nothing added when the support is larger): support entries come
+  first (score -1), the rest by a uniform score, ties by position (as a
+  stable sort orders them). ``geometry`` rows are ``(in, out, centre offset,
+  size, count)``; entries at or past a kernel's size are padding, never
+  chosen. Element ``k`` of the uniform draw does not depend on the draw's
+  length (:func:`eoi_jax.givens.uniform`), so padding changes nothing.
+  """
+  def one(columns, key, fan_in, fan_out, offset, numel, count):
+    k = jnp.arange(size) - offset
+    i, o = k // fan_out, k % fan_out  # (in, out) index of entry k of the centre tap
+    inside = (k >= 0) & (k < fan_in * fan_out)
+    # Flax's (in, out) kernel is columns[i, o] when in >= out, columns[o, i] else.
+    first, second = jnp.where(fan_in >= fan_out, i, o), jnp.where(fan_in >= fan_out, o, i)
+    value = columns[jnp.clip(first, 0, columns.shape[0] - 1),
+                    jnp.clip(second, 0, columns.shape[1] - 1)]
+    support = inside & (value != 0)
+    scores = jnp.where(support, -1.0, givens.uniform(key, size))
+    scores = jnp.where(jnp.arange(size) < numel, scores, jnp.inf)
+    return keep_top(scores, jnp.maximum(count, jnp.sum(support, dtype=jnp.int32)),
+                    largest=False)
+
+  mask_keys = jax.vmap(lambda k: givens.split(k, 2)[1])(keys[key_index])
+  return jax.vmap(one)(outputs[positions], mask_keys, *geometry.T)
+
+
+def _lay_out(xp, outputs, positions: slice, masks, mask_rows: slice, gain, shape, dtype,
+             structured):
+  """Kernels of ``shape`` (and their masks) from entries ``positions`` of a
+  batch of generator outputs; conv masks are rows ``mask_rows`` of ``masks``
+  unless ``structured``. ``xp`` is ``numpy`` for concrete arrays (no program
+  to compile) or ``jax.numpy`` under a transformation: the same arithmetic."""
+  fan_in, fan_out = shape[-2:]
+  rows, cols = wide_shape(shape)
+  transposed = outputs[positions, :cols, :rows]  # A.T: Flax's layout when in >= out
+  matrices = transposed if fan_in >= fan_out else xp.swapaxes(transposed, 1, 2)
+  if not (isinstance(gain, (int, float)) and gain == 1):  # x * 1.0 == x: skip the copy
+    matrices = xp.asarray(gain, matrices.dtype) * matrices
+  weights = matrices.astype(dtype) if matrices.dtype != dtype else matrices
+  if len(shape) == 2:
+    return weights, weights != 0
+  centre = weights.reshape((len(weights),) + (1,) * (len(shape) - 2) + shape[-2:])
+  kernels = xp.pad(centre, [(0, 0)] + [(k // 2, k // 2) for k in shape[:-2]] + [(0, 0)] * 2)
+  if structured:  # the centre support on every tap
+    return kernels, xp.broadcast_to(centre != 0, kernels.shape)
+  return kernels, masks[mask_rows, :math.prod(shape)].reshape(kernels.shape)
 
 
 class _Plan(NamedTuple):
-  """Host-side integer form of one or a batch of EOI requests of one shape."""
+  """The generator's inputs for one :class:`KernelRequest`."""
 
-  shape: tuple[int, ...]
-  target: np.ndarray  # int32: non-zeros at which the rotation loop stops
-  undo_above: np.ndarray  # int32: closer-of-the-last-two threshold
-  mask_count: np.ndarray  # int32: conv mask entries (unused for dense)
-  num_steps: int
-
-  def static(self, dtype, structured):
-    return dict(shape=self.shape, num_steps=self.num_steps, dtype=dtype,
-                structured=structured)
+  sizes: np.ndarray  # int32 (B, 4): rows, cols, target non-zeros, undo threshold
+  geometry: np.ndarray  # int32 (B, 5): in, out, centre offset, size, mask count (convs)
+  core_shape: givens.CoreShape
 
 
-def _plan(shape, densities, center_density=None) -> _Plan:
-  """Targets for ``densities`` (scalar or array, already validated)."""
+def _plan(request: KernelRequest, center_density) -> _Plan:
+  shape, densities = tuple(request.shape), np.asarray(request.densities, np.float64)
   rows, cols = wide_shape(shape)
-  densities = np.asarray(densities, np.float64)
+  numel = math.prod(shape)
   if len(shape) == 2:
-    center = densities
-    mask_count = np.zeros(densities.shape, np.int32)
+    center, mask_counts = densities, np.zeros(densities.shape, np.int64)
   else:
     taps = math.prod(shape[:-2])
-    center = np.vectorize(lambda d: center_density_for(d, taps, center_density))(densities)
-    mask_count = np.asarray(count_for_density(densities, math.prod(shape)), np.int32)
+    center = np.asarray([center_density_for(d, taps, center_density) for d in densities])
+    mask_counts = np.asarray(count_for_density(densities, numel)).reshape(-1)
   target, undo_above = givens.integer_targets(center, rows, cols)
-  num_steps = givens.max_rotations(rows, cols, float(np.max(center)))
-  return _Plan(tuple(shape), target, undo_above, mask_count, num_steps)
+  batch = len(densities)
+  sizes = np.stack([np.full(batch, rows), np.full(batch, cols), target, undo_above],
+                   axis=1).astype(np.int32)
+  offset = np.ravel_multi_index(center_index(shape), shape[:-2]) * shape[-2] * shape[-1] if (
+      len(shape) > 2) else 0
+  geometry = np.stack([np.full(batch, shape[-2]), np.full(batch, shape[-1]),
+                       np.full(batch, offset), np.full(batch, numel), mask_counts],
+                      axis=1).astype(np.int32)
+  return _Plan(sizes, geometry, givens.CoreShape.of(rows, cols, center))
 
 
-@functools.partial(
-    jax.jit, static_argnames=("shape", "num_steps", "dtype", "structured")
-)
-def _kernel_core(key, target, undo_above, mask_count, gain, *, shape, num_steps, dtype,
-                 structured):
-  """Dense or conv EOI kernel and mask from (possibly traced) targets."""
-  fan_in, fan_out = shape[-2:]
-  if len(shape) == 2:
-    return _oriented_core(key, fan_in, fan_out, target, undo_above, num_steps, gain, dtype)
-  key_center, key_mask = jax.random.split(key)
-  center, center_mask = _oriented_core(
-      key_center, fan_in, fan_out, target, undo_above, num_steps, gain, dtype
-  )
-  kernel = place_at_center(center, shape)
-  if structured:
-    mask = jnp.broadcast_to(center_mask, shape)
-  else:
-    mask = _conv_mask(key_mask, center_mask, shape, mask_count)
-  return kernel, mask
+# A padding entry: a 1 x 1 problem whose target is met before any rotation.
+_IDLE = np.array([1, 1, 1, 2], np.int32)
+
+
+def generate(requests, *, gain=1.0, center_density=None, structured=False,
+             dtype=jnp.float32) -> list[tuple[Array, Array]]:
+  """EOI kernels and masks for several shapes at once, on checked arguments.
+
+  Requests run together in vmapped calls of compiled generators
+  (:func:`eoi_jax.givens.padded_core`) padded to a shared size: requests of
+  one size bucket always, others when padding them costs little. A small
+  network then needs one generator program (and one conv-mask program), a
+  deep one two or three, however many kernel shapes it has; each shape needs
+  only a small program that lays its kernels out.
+
+  Args:
+    requests: :class:`KernelRequest` s (conv shapes get ``center_density``
+      and ``structured``; dense shapes ignore them).
+    gain: ``sigma_w``.
+    center_density, structured: the conv options (checked).
+    dtype: float dtype of the kernels.
+
+  Returns:
+    ``[(kernels, masks)]`` in the order of ``requests``, each ``(B, *shape)``.
+  """
+  plans = [_plan(request, center_density) for request in requests]
+  # Without partitionable threefry a uniform draw depends on its length, so
+  # conv masks are not padded.
+  partitionable = jax.config.jax_threefry_partitionable
+  outputs, masks, layouts = [], [], [None] * len(requests)
+  for core_shape, members in _merged_calls([(p.core_shape, len(p.sizes)) for p in plans]):
+    counts = [len(plans[i].sizes) for i in members]
+    starts = np.cumsum([0] + counts)
+    idle = _batch_size(sum(counts)) - sum(counts)
+    sizes = np.concatenate([plans[i].sizes for i in members] + [np.broadcast_to(_IDLE, (idle, 4))])
+    conv = np.concatenate([np.full(c, len(requests[i].shape) > 2) for i, c in zip(members, counts)]
+                          + [np.zeros(idle, bool)])
+    # One key array for the call (a network's requests share one), entries by index.
+    sources = list({id(requests[i].keys): requests[i].keys for i in members}.values())
+    offsets = {id(k): o for k, o in zip(sources, np.cumsum([0] + [len(k) for k in sources]))}
+    keys = sources[0] if len(sources) == 1 else jnp.concatenate(sources)
+    index = np.concatenate([offsets[id(requests[i].keys)] + requests[i].index for i in members]
+                           + [np.zeros(idle, np.int64)]).astype(np.int32)
+    columns, _, _ = _cores(keys, index, conv, sizes, shape=core_shape,
+                           dtype=compute_dtype(dtype), any_conv=bool(conv.any()))
+    outputs.append(columns)
+
+    random = [j for j, i in enumerate(members) if len(requests[i].shape) > 2 and not structured]
+    groups = {}
+    for j in random:
+      numel = math.prod(requests[members[j]].shape)
+      groups.setdefault(0 if partitionable else numel, []).append(j)
+    group_of = {}
+    for group in groups.values():
+      numel = max(math.prod(requests[members[j]].shape) for j in group)
+      positions = np.concatenate([np.arange(starts[j], starts[j + 1]) for j in group])
+      masks.append(_conv_masks(
+          columns, positions.astype(np.int32), keys, index[positions],
+          np.concatenate([plans[members[j]].geometry for j in group]),
+          size=givens.bucket(numel) if partitionable else numel))
+      row = 0
+      for j in group:
+        group_of[j] = (len(masks) - 1, slice(row, row + counts[j]))
+        row += counts[j]
+    for j, i in enumerate(members):
+      group, rows = group_of.get(j, (None, None))
+      layouts[i] = (tuple(requests[i].shape), len(outputs) - 1,
+                    slice(int(starts[j]), int(starts[j + 1])), group, rows)
+  concrete = not any(isinstance(x, jax.core.Tracer) for x in [gain, *outputs, *masks])
+  xp = np if concrete else jnp
+  if concrete:  # lay out on the host: nothing more to compile
+    outputs, masks = [np.asarray(x) for x in outputs], [np.asarray(x) for x in masks]
+  results = []
+  for request, (shape, call, positions, group, rows) in zip(requests, layouts):
+    kernels, kernel_masks = _lay_out(
+        xp, outputs[call], positions, None if group is None else masks[group], rows, gain,
+        shape, jnp.dtype(dtype), bool(structured) and len(shape) > 2)
+    if request.out_shape is not None:
+      kernels, kernel_masks = (kernels.reshape(request.out_shape),
+                               kernel_masks.reshape(request.out_shape))
+    # device_put, not jnp.asarray: the latter compiles a staging program per shape.
+    results.append((jax.device_put(kernels), jax.device_put(kernel_masks)) if concrete
+                   else (kernels, kernel_masks))
+  return results
 
 
 def eoi_batch(keys, shape, densities, *, gain=1.0, center_density=None, structured=False,
@@ -318,15 +474,10 @@ def eoi_batch(keys, shape, densities, *, gain=1.0, center_density=None, structur
     raise ValueError(f"conv options do not apply to 2-D shape {shape}")
   center_density = check_center_density(center_density)
   structured = _validation.check_flag(structured, "structured")
-  return batch_core(keys, shape, densities, gain, center_density, structured,
-                    check_float_dtype(dtype))
-
-
-def batch_core(keys, shape, densities, gain, center_density, structured, dtype):
-  """:func:`eoi_batch` on arguments already checked (for whole-network callers)."""
-  plan = _plan(shape, densities, center_density)
-  core = functools.partial(_kernel_core, gain=gain, **plan.static(dtype, structured=structured))
-  return jax.vmap(core)(keys, plan.target, plan.undo_above, plan.mask_count)
+  (kernels, masks), = generate([KernelRequest(shape, keys, densities)], gain=gain,
+                               center_density=center_density, structured=structured,
+                               dtype=check_float_dtype(dtype))
+  return kernels, masks
 
 
 def eoi_init(key, shape, density, *, gain=1.0, dtype=jnp.float32, **conv_options):

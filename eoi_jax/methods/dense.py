@@ -20,7 +20,7 @@ import jax.numpy as jnp
 
 from eoi_jax import _validation, kernels, layers
 from eoi_jax.layers import Filter, Layout, Stacked
-from eoi_jax.methods.network import regenerate_layers
+from eoi_jax.methods.network import per_shape, regenerate_layers
 
 
 def delta_orthogonal(key, shape, gain=1.0, dtype=jnp.float32):
@@ -159,5 +159,6 @@ def orthogonal_network(key, params, layout: Layout, gain, bias_std):
   def generate(keys, shape, dtype, group):
     return delta_orthogonal_batch(keys, shape, gain, dtype), None
 
-  new_params, _ = regenerate_layers(key, params, layout, generate, bias_std=bias_std)
+  new_params, _ = regenerate_layers(key, params, layout, per_shape(generate),
+                                    bias_std=bias_std)
   return new_params

@@ -48,12 +48,21 @@ def eoi_network(key, params, layout: Layout, densities: Mapping[str, np.ndarray]
   """:func:`eoi_params` on checked arguments (``densities`` as returned by
   :meth:`eoi_jax.layers.Layout.check_densities`)."""
 
-  def generate(keys, shape, dtype, group):
-    group_dens = np.concatenate([densities[layer.name].reshape(-1) for layer in group])
-    conv = len(shape) > 2
-    return kernels.batch_core(keys, shape, group_dens, options.gain,
-                              options.center_density if conv else None,
-                              options.structured and conv, dtype)
+  def generate(keys: dict, layout: Layout) -> dict:
+    by_dtype = {}
+    for layer in layout.layers:
+      by_dtype.setdefault(layer.dtype, []).append(layer)
+    out = {}
+    for dtype, group in by_dtype.items():
+      requests = [kernels.KernelRequest(layer.shape, keys[layer.name].keys,
+                                        densities[layer.name].reshape(-1),
+                                        layer.stack + layer.shape, keys[layer.name].index)
+                  for layer in group]
+      made = kernels.generate(requests, gain=options.gain,
+                              center_density=options.center_density,
+                              structured=options.structured, dtype=dtype)
+      out.update(zip([layer.name for layer in group], made))
+    return out
 
   new_params, mask_tree = regenerate_layers(key, params, layout, generate,
                                             bias_std=options.bias_std)

@@ -3,13 +3,14 @@ regeneration of every maskable kernel, same-shape kernels in one call.
 
 Example:
   >>> lay = layers.layout(params)
-  >>> def generate(keys, shape, dtype, group):
-  ...   return jax.vmap(lambda k: my_init(k, shape, dtype))(keys), None
-  >>> new_params, _ = regenerate_layers(jax.random.key(0), params, lay, generate)
+  >>> make = lambda keys, shape, dtype, group: (
+  ...     jax.vmap(lambda k: my_init(k, shape, dtype))(keys), None)
+  >>> new_params, _ = regenerate_layers(jax.random.key(0), params, lay, per_shape(make))
 """
 
 from __future__ import annotations
 
+import functools
 from collections import defaultdict
 from typing import Callable, NamedTuple
 
@@ -17,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from eoi_jax import summary
+from eoi_jax import givens, summary
 from eoi_jax.layers import Layout, named_leaves, path_name
 
 
@@ -39,7 +40,7 @@ class SparseInit(NamedTuple):
   summary: summary.SparsitySummary
 
 
-Generate = Callable[..., tuple]
+Generate = Callable[[dict], dict]
 
 
 def _bias_name(kernel_name: str) -> str:
@@ -47,14 +48,58 @@ def _bias_name(kernel_name: str) -> str:
   return f"{head}/bias" if head else "bias"
 
 
-def regenerate_layers(key, params, layout: Layout, generate: Generate, *, bias_std=0.0):
-  """Replaces every maskable kernel with generated ones, same-shape kernels at once.
+@functools.partial(jax.jit, static_argnums=1)
+def _network_keys(key, num_kernels: int):
+  """``(kernel keys, bias key)``: ``kernel_key, bias_key = split(key)``, then
+  kernel ``i`` in flattening order gets ``fold_in(kernel_key, i)``
+  (``= split(kernel_key, n)[i]``)."""
+  kernel_key, bias_key = givens.split(key, 2)
+  return givens.split(kernel_key, num_kernels), bias_key
 
-  Kernels are grouped by (shape, dtype), stacks unrolled; each group is one
-  call ``generate(keys, shape, dtype, group)`` with ``keys`` of shape ``(B,)``
-  (kernel ``i`` in flattening order gets ``fold_in(key_kernels, i)``) and the
-  group's layers in order. It returns ``(kernels, masks)``, each ``(B,
-  *shape)``, ``masks`` bool or ``None``. Biases beside the kernels (the
+
+class LayerKeys(NamedTuple):
+  """The keys of one layer's kernels: entries ``index`` of ``keys`` (one array
+  for the whole network, so that no per-layer slice is compiled)."""
+
+  keys: jax.Array
+  index: np.ndarray
+
+  def get(self) -> jax.Array:
+    """The layer's ``(num_layers,)`` keys."""
+    return self.keys[self.index]
+
+
+def per_shape(make: Callable) -> Generate:
+  """A :data:`Generate` that calls ``make(keys, shape, dtype, layers)`` once per
+  (shape, dtype) group of layers, stacks unrolled, with their keys
+  concatenated; ``make`` returns ``(kernels, masks or None)`` of ``(B, *shape)``."""
+
+  def generate(keys: dict, layout: Layout) -> dict:
+    groups = defaultdict(list)
+    for layer in layout.layers:
+      groups[(layer.shape, layer.dtype)].append(layer)
+    out = {}
+    for (shape, dtype), members in groups.items():
+      index = np.concatenate([keys[l.name].index for l in members])
+      kernels, masks = make(keys[members[0].name].keys[index], shape, dtype, members)
+      start = 0
+      for layer in members:
+        stop = start + layer.num_layers
+        out[layer.name] = (kernels[start:stop], None if masks is None else masks[start:stop])
+        start = stop
+    return out
+
+  return generate
+
+
+def regenerate_layers(key, params, layout: Layout, generate: Generate, *, bias_std=0.0):
+  """Replaces every maskable kernel with generated ones.
+
+  ``generate(keys, layout)`` receives ``{name: LayerKeys}`` (kernel ``i`` in
+  flattening order, stacks unrolled, gets ``fold_in(kernel_key, i)`` with
+  ``kernel_key, bias_key = split(key)``) and returns ``{name: (kernels, masks)}``, each
+  ``(num_layers, *layer.shape)``, ``masks`` bool or ``None``; :func:`per_shape`
+  makes one from a per-shape kernel maker. Biases beside the kernels (the
   ``bias`` leaf next to each ``kernel``) are drawn from ``N(0, bias_std**2)``.
 
   Args:
@@ -68,25 +113,21 @@ def regenerate_layers(key, params, layout: Layout, generate: Generate, *, bias_s
     ``(new_params, masks)``: ``masks`` is a mask tree when ``generate``
     returned masks, else ``None``.
   """
-  kernel_key, bias_key = jax.random.split(key)
-  first_id = np.cumsum([0] + [layer.num_layers for layer in layout.layers])
-  groups = defaultdict(list)  # (shape, dtype) -> [(index, layer)]
-  for i, layer in enumerate(layout.layers):
-    groups[(layer.shape, layer.dtype)].append((i, layer))
-
+  counts = [layer.num_layers for layer in layout.layers]
+  keys, bias_key = _network_keys(key, sum(counts))
+  starts = np.cumsum([0] + counts)
+  generated = generate({name: LayerKeys(keys, np.arange(a, a + n))
+                        for name, a, n in zip(layout.names, starts, counts)}, layout)
   kernels, masks = {}, {}
-  for (shape, dtype), members in groups.items():
-    ids = np.concatenate([np.arange(first_id[i], first_id[i + 1]) for i, _ in members])
-    keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(
-        kernel_key, jnp.asarray(ids, jnp.uint32))
-    new_kernels, new_masks = generate(keys, shape, dtype, [layer for _, layer in members])
-    start = 0
-    for _, layer in members:
-      stop = start + layer.num_layers
-      kernels[layer.name] = new_kernels[start:stop].reshape(layer.stack + layer.shape)
-      if new_masks is not None:
-        masks[layer.name] = new_masks[start:stop].reshape(layer.stack + layer.shape)
-      start = stop
+
+  def leaf_shaped(x, layer):  # a stack's leaf shape (no op when it already is)
+    return x if x.shape == layer.stack + layer.shape else x.reshape(layer.stack + layer.shape)
+
+  for layer in layout.layers:
+    new_kernels, new_masks = generated[layer.name]
+    kernels[layer.name] = leaf_shaped(new_kernels, layer)
+    if new_masks is not None:
+      masks[layer.name] = leaf_shaped(new_masks, layer)
 
   present = {name for name, _ in named_leaves(params)}
   biases = sorted({_bias_name(name) for name in layout.names} & present)
@@ -97,6 +138,8 @@ def regenerate_layers(key, params, layout: Layout, generate: Generate, *, bias_s
     if name in kernels:
       return kernels[name]
     if name in bias_index:
+      if not bias_std:  # N(0, 0): zeros, without a draw to compile
+        return jax.device_put(np.zeros(jnp.shape(leaf), leaf.dtype))
       noise = jax.random.normal(jax.random.fold_in(bias_key, bias_index[name]), jnp.shape(leaf))
       return (bias_std * noise).astype(leaf.dtype)
     return leaf

@@ -41,13 +41,19 @@ from typing import Callable, NamedTuple, Sequence
 import jax
 import numpy as np
 
-from eoi_jax import _validation, allocation, layers, masking, summary
+from eoi_jax import _validation, allocation, givens, layers, masking, summary
 from eoi_jax.layers import Filter, Layout, Stacked
 from eoi_jax.methods import dense, isometry, pruning, sao
 from eoi_jax.methods.eoi import EOIOptions, eoi_network
 from eoi_jax.methods.network import SparseInit
 
 _EMPTY_LAYER_DENSITY = 1e-12  # asks EOI for its sparsest pattern
+
+
+@jax.jit
+def _three_keys(key):
+  """``jax.random.split(key, 3)`` as three arrays, in one program."""
+  return tuple(givens.split(key, 3))
 
 
 class Request(NamedTuple):
@@ -285,7 +291,7 @@ def initialize(method: str, key, params, density, *, apply_fn: Callable | None =
       sao_degree=sao_degree,
       synflow_float64=bool(synflow_float64),
   )
-  value_key, mask_key, eoi_key = jax.random.split(key, 3)
+  value_key, mask_key, eoi_key = _three_keys(key)
   masked = None
   if chosen.masks is not None:
     masked = MASK_MAKERS[chosen.masks](value_key, mask_key, request)

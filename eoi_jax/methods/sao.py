@@ -44,7 +44,7 @@ from eoi_jax.counts import count_for_density
 from eoi_jax.kernels import check_kernel_shape, wide_shape
 from eoi_jax.layers import Filter, Layout, Stacked
 from eoi_jax.methods.dense import delta_orthogonal_batch
-from eoi_jax.methods.network import SparseInit, regenerate_layers
+from eoi_jax.methods.network import SparseInit, per_shape, regenerate_layers
 
 
 def _check_one_of(degree, density):
@@ -226,7 +226,8 @@ def sao_network(key, params, layout: Layout, degrees, gain, bias_std) -> SparseI
       masks.append(m)
     return jnp.concatenate(weights), jnp.concatenate(masks)
 
-  new_params, mask_tree = regenerate_layers(key, params, layout, generate, bias_std=bias_std)
+  new_params, mask_tree = regenerate_layers(key, params, layout, per_shape(generate),
+                                            bias_std=bias_std)
   requested = {
       l.name: (degrees[l.name] / wide_shape(l.shape)[1] if l.name in degrees else 1.0)
       for l in layout.layers
