@@ -5,9 +5,11 @@ holds the training state and a JSON record with the state's *fingerprint*
 (two 32-bit position-weighted sums of every word of every array, computed on
 device under any sharding). A checkpoint whose files cannot be read, or whose
 restored state does not match its fingerprint, is skipped with a warning and
-the one before it is used. Orbax writes a checkpoint under a temporary name
-and renames it when complete, so a process killed while writing leaves no
-checkpoint that looks finished.
+the one before it is used. Each complete checkpoint also gets a manifest
+(``checkpoints/manifests/STEP.json``: every file's size and CRC-32), so
+truncated or corrupted files are recognised before Orbax reads them. Orbax
+writes a checkpoint under a temporary name and renames it when complete, so a
+process killed while writing leaves no checkpoint that looks finished.
 
 The store is a context manager; :meth:`CheckpointStore.close` waits for
 writes in flight and stops Orbax's background threads.
@@ -16,7 +18,12 @@ writes in flight and stops Orbax's background threads.
 from __future__ import annotations
 
 import contextlib
+import gc
+import json
 import logging
+import os
+import sys
+import zlib
 import warnings
 from pathlib import Path
 
@@ -66,14 +73,39 @@ def _fingerprint_list(tree) -> list[int]:
 
 @contextlib.contextmanager
 def _quiet_orbax():
-  """Orbax logs a damaged checkpoint with a traceback; the store reports it itself."""
+  """Orbax reports a damaged checkpoint with tracebacks (logged, and from read
+  coroutines left unawaited when one read fails); the store reports it itself."""
   logger = logging.getLogger("absl")
-  level = logger.level
+  level, hook = logger.level, sys.unraisablehook
+
+  def drop_orbax_reads(unraisable):
+    if "orbax" not in getattr(getattr(unraisable.object, "cr_code", None), "co_filename", ""):
+      hook(unraisable)
+
   logger.setLevel(logging.CRITICAL)
+  sys.unraisablehook = drop_orbax_reads
   try:
     yield
   finally:
+    gc.collect()  # the abandoned reads, while their reports are dropped
+    sys.unraisablehook = hook
     logger.setLevel(level)
+
+
+_MANIFESTS = "manifests"
+
+
+def _checksums(folder: Path) -> dict:
+  """``{relative path: [size, crc32]}`` of every file below ``folder``."""
+  out = {}
+  for path in sorted(folder.rglob("*")):
+    if path.is_file():
+      crc = 0
+      with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+          crc = zlib.crc32(block, crc)
+      out[str(path.relative_to(folder))] = [path.stat().st_size, crc]
+  return out
 
 
 class CheckpointStore:
@@ -115,14 +147,56 @@ class CheckpointStore:
     """Deletes every checkpoint (a run that starts over)."""
     for step in self.steps():
       self._manager.delete(step)
+    self._prune_manifests()
 
   def save(self, step: int, state) -> None:
-    """Writes ``state`` as checkpoint ``step`` and waits until it is complete."""
+    """Writes ``state`` as checkpoint ``step`` and waits until it is complete,
+    then records the checksum of each of its files (the manifest)."""
     ocp = self._ocp
     meta = {"fingerprint": _fingerprint_list(state)}
     self._manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                                      meta=ocp.args.JsonSave(meta)))
     self._manager.wait_until_finished()
+    if jax.process_index() == 0:
+      manifest = self._manifest_path(step)
+      manifest.parent.mkdir(exist_ok=True)
+      tmp = manifest.with_suffix(".tmp")
+      tmp.write_text(json.dumps(_checksums(self.directory / str(step))))
+      os.replace(tmp, manifest)
+      self._prune_manifests()
+
+  # A manifest lists each file of a checkpoint with its size and CRC-32, so a
+  # damaged checkpoint is recognised before Orbax reads it.
+
+  def _manifest_path(self, step: int) -> Path:
+    return self.directory / _MANIFESTS / f"{step}.json"
+
+  def _prune_manifests(self) -> None:
+    """Removes the manifests of checkpoints Orbax has deleted."""
+    if jax.process_index() != 0 or not (self.directory / _MANIFESTS).exists():
+      return
+    kept = {str(step) for step in self.steps()}
+    for path in (self.directory / _MANIFESTS).glob("*.json"):
+      if path.stem not in kept:
+        path.unlink(missing_ok=True)
+
+  def _damage(self, step: int) -> str | None:
+    """Why checkpoint ``step``'s files differ from its manifest (``None``: they
+    match, or it has no manifest)."""
+    manifest = self._manifest_path(step)
+    if not manifest.exists():
+      return None
+    try:
+      recorded = json.loads(manifest.read_text())
+    except (OSError, ValueError):
+      return "its manifest cannot be read"
+    current = _checksums(self.directory / str(step))
+    for name, entry in recorded.items():
+      if name not in current:
+        return f"{name} is missing"
+      if current[name] != entry:
+        return f"{name} differs from what was written (size or checksum)"
+    return None
 
   def _restore(self, step: int, abstract):
     ocp = self._ocp
@@ -150,14 +224,16 @@ class CheckpointStore:
     steps = self.steps()
     problems = []
     for step in reversed(steps):
-      try:
-        with _quiet_orbax():
-          return step, self._restore(step, abstract)
-      except Exception as e:  # Orbax and TensorStore raise many kinds for damaged files
-        reason = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300]
-        problems.append(f"step {step}: {reason}")
-        warnings.warn(f"checkpoint {self.directory / str(step)} cannot be restored "
-                      f"({reason}); trying the one before it", RuntimeWarning, stacklevel=2)
+      reason = self._damage(step)
+      if reason is None:
+        try:
+          with _quiet_orbax():
+            return step, self._restore(step, abstract)
+        except Exception as e:  # Orbax and TensorStore raise many kinds for damaged files
+          reason = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300]
+      problems.append(f"step {step}: {reason}")
+      warnings.warn(f"checkpoint {self.directory / str(step)} cannot be restored "
+                    f"({reason}); trying the one before it", RuntimeWarning, stacklevel=2)
     if steps:
       raise NoGoodCheckpoint(
           f"no checkpoint in {self.directory} can be restored ({'; '.join(problems)[:600]}); "
