@@ -178,6 +178,12 @@ milliseconds to compile for each new shape; this one compiles in tens.
 """
 
 
+@functools.partial(jax.jit, static_argnums=2)
+def split_each(keys, index, num: int):
+  """``split(keys[i], num)`` for each ``i`` of ``index``, concatenated (layer-major)."""
+  return jax.vmap(lambda k: _split(k, num))(keys[index]).reshape(-1)
+
+
 def uniform(key, size: int):
   """``jax.random.uniform(key, (size,))`` (float32, bit for bit), compiled fast.
 

@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from eoi_jax import _validation, givens
+from eoi_jax import _validation, givens, kinds
 from eoi_jax.counts import count_for_density
 from eoi_jax.topk import keep_top
 
@@ -157,7 +157,7 @@ def sparse_orthogonal(
   _validation.check_gain(gain)
   (weight, mask), = generate([KernelRequest(shape, key[None], np.array([d]))], gain=gain,
                              dtype=check_float_dtype(dtype))
-  return weight[0], mask[0]
+  return weight, mask
 
 
 def sparse_delta_orthogonal(
@@ -211,24 +211,62 @@ def sparse_delta_orthogonal(
   (kernel, mask), = generate([KernelRequest(shape, key[None], np.array([d]))], gain=gain,
                              center_density=center_density, structured=structured,
                              dtype=check_float_dtype(dtype))
-  return kernel[0], mask[0]
+  return kernel, mask
 
 
 class KernelRequest(NamedTuple):
-  """EOI kernels of one shape: ``densities`` of shape ``(B,)`` (checked) and
-  their ``keys`` (``(B,)``, or entries ``key_index`` of ``keys``); the results
-  come shaped ``out_shape`` (default ``(B, *shape)``, e.g. a stack's leaf
-  shape)."""
+  """EOI for one kernel array of ``shape``, checked arguments.
+
+  Attributes:
+    shape: the array's shape (a kernel, or a stack of them).
+    keys: one key per layer (see ``layer_axes``), or a network's keys of which
+      entries ``key_index`` are the layers'.
+    densities: ``(layers,)`` float densities.
+    kind: the array's :class:`eoi_jax.kinds.KernelKind` (default: its leading
+      ``layer_axes`` axes are layers, the rest one dense or conv kernel).
+    layer_axes: leading axes that are layers, each with its own key and
+      density (they must be batch axes of ``kind``).
+    key_index: see ``keys``.
+  """
 
   shape: tuple[int, ...]
   keys: Array
   densities: np.ndarray
-  out_shape: tuple[int, ...] | None = None
+  kind: kinds.KernelKind | None = None
+  layer_axes: int = 0
   key_index: np.ndarray | None = None
 
   @property
   def index(self) -> np.ndarray:
     return np.arange(len(self.keys)) if self.key_index is None else self.key_index
+
+  def resolved_kind(self) -> kinds.KernelKind:
+    if self.kind is not None:
+      return self.kind
+    n, ndim = self.layer_axes, len(self.shape)
+    return kinds.KernelKind((ndim - 2,), (ndim - 1,), tuple(range(n)), tuple(range(n, ndim - 2)))
+
+
+class _Matrices(NamedTuple):
+  """A request as the stack of its matrices, each a ``(*taps, in, out)`` kernel."""
+
+  shape: tuple[int, ...]  # one matrix's kernel shape
+  keys: Array
+  index: np.ndarray  # (M,) entries of keys, one per matrix
+  densities: np.ndarray  # (M,)
+
+
+def _matrices(request: KernelRequest) -> _Matrices:
+  kind = request.resolved_kind()
+  layers = math.prod(request.shape[:request.layer_axes])
+  per_layer = kind.num_matrices(request.shape) // layers
+  densities = np.repeat(np.asarray(request.densities, np.float64).reshape(-1), per_layer)
+  if per_layer == 1:
+    keys, index = request.keys, request.index
+  else:  # several matrices per layer (heads, feature groups): each its own key
+    keys = givens.split_each(request.keys, np.asarray(request.index, np.int32), per_layer)
+    index = np.arange(len(densities))
+  return _Matrices(kind.canonical_shape(request.shape), keys, index, densities)
 
 
 def _batch_size(n: int) -> int:
@@ -323,13 +361,17 @@ def _lay_out(xp, outputs, positions: slice, masks, mask_rows: slice, gain, shape
   matrices = transposed if fan_in >= fan_out else xp.swapaxes(transposed, 1, 2)
   if not (isinstance(gain, (int, float)) and gain == 1):  # x * 1.0 == x: skip the copy
     matrices = xp.asarray(gain, matrices.dtype) * matrices
+  # The mask is the support in the compute dtype: entries a low-precision cast
+  # rounds to zero stay trainable.
+  support = matrices != 0
   weights = matrices.astype(dtype) if matrices.dtype != dtype else matrices
   if len(shape) == 2:
-    return weights, weights != 0
+    return weights, support
   centre = weights.reshape((len(weights),) + (1,) * (len(shape) - 2) + shape[-2:])
   kernels = xp.pad(centre, [(0, 0)] + [(k // 2, k // 2) for k in shape[:-2]] + [(0, 0)] * 2)
   if structured:  # the centre support on every tap
-    return kernels, xp.broadcast_to(centre != 0, kernels.shape)
+    taps = (len(weights),) + (1,) * (len(shape) - 2) + shape[-2:]
+    return kernels, xp.broadcast_to(support.reshape(taps), kernels.shape)
   return kernels, masks[mask_rows, :math.prod(shape)].reshape(kernels.shape)
 
 
@@ -341,7 +383,7 @@ class _Plan(NamedTuple):
   core_shape: givens.CoreShape
 
 
-def _plan(request: KernelRequest, center_density) -> _Plan:
+def _plan(request: _Matrices, center_density) -> _Plan:
   shape, densities = tuple(request.shape), np.asarray(request.densities, np.float64)
   rows, cols = wide_shape(shape)
   numel = math.prod(shape)
@@ -386,8 +428,10 @@ def generate(requests, *, gain=1.0, center_density=None, structured=False,
     dtype: float dtype of the kernels.
 
   Returns:
-    ``[(kernels, masks)]`` in the order of ``requests``, each ``(B, *shape)``.
+    ``[(kernels, masks)]`` in the order of ``requests``, each of the request's
+    shape.
   """
+  kernel_requests, requests = requests, [_matrices(r) for r in requests]
   plans = [_plan(request, center_density) for request in requests]
   # Without partitionable threefry a uniform draw depends on its length, so
   # conv masks are not padded.
@@ -436,13 +480,17 @@ def generate(requests, *, gain=1.0, center_density=None, structured=False,
   if concrete:  # lay out on the host: nothing more to compile
     outputs, masks = [np.asarray(x) for x in outputs], [np.asarray(x) for x in masks]
   results = []
-  for request, (shape, call, positions, group, rows) in zip(requests, layouts):
+  for request, (shape, call, positions, group, rows) in zip(kernel_requests, layouts):
     kernels, kernel_masks = _lay_out(
         xp, outputs[call], positions, None if group is None else masks[group], rows, gain,
         shape, jnp.dtype(dtype), bool(structured) and len(shape) > 2)
-    if request.out_shape is not None:
-      kernels, kernel_masks = (kernels.reshape(request.out_shape),
-                               kernel_masks.reshape(request.out_shape))
+    kind = request.resolved_kind()
+    if kinds.canonical(kind, request.shape[request.layer_axes:]) and (
+        kind.batch_axes == tuple(range(request.layer_axes))):
+      kernels, kernel_masks = kernels.reshape(request.shape), kernel_masks.reshape(request.shape)
+    else:
+      kernels = kinds.from_matrices(xp, kernels, request.shape, kind)
+      kernel_masks = kinds.from_matrices(xp, kernel_masks, request.shape, kind)
     # device_put, not jnp.asarray: the latter compiles a staging program per shape.
     results.append((jax.device_put(kernels), jax.device_put(kernel_masks)) if concrete
                    else (kernels, kernel_masks))
@@ -474,7 +522,8 @@ def eoi_batch(keys, shape, densities, *, gain=1.0, center_density=None, structur
     raise ValueError(f"conv options do not apply to 2-D shape {shape}")
   center_density = check_center_density(center_density)
   structured = _validation.check_flag(structured, "structured")
-  (kernels, masks), = generate([KernelRequest(shape, keys, densities)], gain=gain,
+  (kernels, masks), = generate([KernelRequest((len(densities),) + shape, keys, densities,
+                                              layer_axes=1)], gain=gain,
                                center_density=center_density, structured=structured,
                                dtype=check_float_dtype(dtype))
   return kernels, masks

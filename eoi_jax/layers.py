@@ -34,6 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from eoi_jax import _validation
+from eoi_jax import kinds as _kinds
 
 Filter = Callable[[str, jax.Array], bool]
 Stacked = Union[Mapping[str, int], Callable[[str, jax.Array], int], None]
@@ -49,12 +50,28 @@ class Layer(NamedTuple):
     shape: shape of one layer's kernel (stack axes removed).
     stack: shape of the leading stack axes (``()`` for a single layer).
     dtype: the leaf's dtype.
+    kind: how one layer's kernel maps inputs to outputs
+      (:class:`eoi_jax.kinds.KernelKind`), or ``None`` for the default shape
+      rule of :func:`eoi_jax.kinds.resolve`, applied when a method needs it.
   """
 
   name: str
   shape: tuple[int, ...]
   stack: tuple[int, ...]
   dtype: np.dtype = np.dtype(np.float32)
+  kind: _kinds.KernelKind | None = None
+
+  def resolved_kind(self) -> _kinds.KernelKind:
+    """The layer's kind; the default rule's errors name the layer."""
+    return self.kind if self.kind is not None else _kinds.resolve(self.shape, name=self.name)
+
+  def leaf_kind(self) -> _kinds.KernelKind:
+    """The kind of the whole leaf: the stack axes lead, as independent matrices."""
+    kind, n = self.resolved_kind(), len(self.stack)
+    shift = lambda axes: tuple(a + n for a in axes)
+    return _kinds.KernelKind(shift(kind.in_axes), shift(kind.out_axes),
+                            tuple(range(n)) + shift(kind.batch_axes), shift(kind.spatial_axes),
+                            kind.groups)
 
   @property
   def num_layers(self) -> int:
@@ -111,6 +128,17 @@ def _stack_axes(stacked: Stacked, name: str, leaf) -> int:
   return n
 
 
+def placed_like(leaf, value):
+  """``value`` with ``leaf``'s sharding when both are concrete arrays of one
+  shape and ``leaf`` is spread over several devices; ``value`` otherwise."""
+  if (isinstance(leaf, jax.Array) and isinstance(value, jax.Array)
+      and not isinstance(leaf, jax.core.Tracer) and not isinstance(value, jax.core.Tracer)
+      and value.shape == leaf.shape and len(leaf.sharding.device_set) > 1
+      and value.sharding != leaf.sharding):
+    return jax.device_put(value, leaf.sharding)
+  return value
+
+
 class Layout:
   """The maskable layers of a params tree, in flattening order.
 
@@ -156,12 +184,17 @@ class Layout:
       raise ValueError(f"the tree has no leaves for the maskable layers {missing}")
     return found
 
-  def map(self, fn, tree, other=lambda leaf: jnp.bool_(True)):
-    """A tree like ``tree``: ``fn(layer, leaf)`` on maskable leaves, ``other(leaf)`` elsewhere."""
+  def map(self, fn, tree, other=lambda leaf: None):
+    """A tree like ``tree``: ``fn(layer, leaf)`` on maskable leaves, ``other(leaf)``
+    elsewhere (default ``None``: a mask tree's "not masked").
+
+    A concrete leaf's sharding carries over to ``fn``'s concrete result of its
+    shape, so masks and new kernels of a sharded model are sharded alike.
+    """
 
     def visit(path, leaf):
       layer = self.by_name.get(path_name(path))
-      return other(leaf) if layer is None else fn(layer, leaf)
+      return other(leaf) if layer is None else placed_like(leaf, fn(layer, leaf))
 
     return jax.tree_util.tree_map_with_path(visit, tree)
 
@@ -177,7 +210,7 @@ class Layout:
 
   def unflatten(self, vector, tree):
     """Inverse of :meth:`flatten`: a tree like ``tree`` whose maskable leaves
-    are the pieces of ``vector`` (``True`` elsewhere, a mask tree for bool)."""
+    are the pieces of ``vector`` (``None`` elsewhere: a mask tree for bool)."""
     pieces, start = {}, 0
     for layer in self.layers:
       pieces[layer.name] = vector[start:start + layer.size].reshape(layer.stack + layer.shape)
@@ -234,34 +267,137 @@ class Layout:
     return self.as_arrays(out)
 
 
-def layout(params, filter: Filter | None = None, stacked: Stacked = None) -> Layout:
+def layout(params, filter: Filter | None = None, stacked: Stacked = None,
+           kinds: Mapping[str, object] | None = None) -> Layout:
   """The maskable layers of ``params``, in flattening order.
 
   Args:
     params: params tree (dict or ``nnx.State``).
     filter: ``(name, leaf) -> bool``; default :func:`default_filter`.
     stacked: stack axes per leaf (see the module docstring).
+    kinds: ``{name: KernelKind or dict of in_axis, out_axis, batch_axis,
+      conv, feature_group_count}`` for layers the default shape rule of
+      :func:`eoi_jax.kinds.resolve` cannot read (one layer's shape, stack axes
+      removed). :func:`model_layout` infers them for NNX models.
 
   Returns:
     A :class:`Layout`.
   """
   filter = default_filter if filter is None else filter
+  given = dict(kinds or {})
   out = []
   for name, leaf in named_leaves(params):
     if filter(name, leaf):
       n = _stack_axes(stacked, name, leaf)
       shape = tuple(int(s) for s in jnp.shape(leaf))
-      out.append(Layer(name, shape[n:], shape[:n], np.dtype(jnp.result_type(leaf))))
+      kind = _kinds.from_spec(shape[n:], given.pop(name), name) if name in given else None
+      out.append(Layer(name, shape[n:], shape[:n], np.dtype(jnp.result_type(leaf)), kind))
+  if given:
+    raise ValueError(f"kinds name no maskable layers: {sorted(given)}")
   return Layout(out)
 
 
-def resolve(params, filter: Filter | None, stacked: Stacked, layout_: Layout | None) -> Layout:
+def _module_kind(module, shape):
+  """``(kind, expected kernel shape)`` of a Flax NNX module's ``kernel``, or
+  ``None`` for module types whose kernel layout is not known here."""
+  from flax import nnx
+
+  if isinstance(module, nnx.Linear):
+    expected = (module.in_features, module.out_features)
+    return _kinds.KernelKind((0,), (1,)), expected
+  if isinstance(module, nnx.LinearGeneral):
+    nb, ni = len(module.batch_axis), len(module.in_features)
+    expected = tuple(module.batch_axis.values()) + tuple(module.in_features) + tuple(
+        module.out_features)
+    return _kinds.KernelKind(tuple(range(nb, nb + ni)), tuple(range(nb + ni, len(expected))),
+                            tuple(range(nb))), expected
+  if isinstance(module, nnx.Einsum):
+    return _einsum_kind(module.einsum_str), tuple(module.kernel_shape)
+  if isinstance(module, nnx.ConvTranspose):
+    expected, ndim = tuple(module.kernel_shape), len(module.kernel_shape)
+    ins, outs = ((ndim - 1,), (ndim - 2,)) if module.transpose_kernel else ((ndim - 2,), (ndim - 1,))
+    return _kinds.KernelKind(ins, outs, (), tuple(range(ndim - 2))), expected
+  if isinstance(module, nnx.Conv):
+    expected, ndim = tuple(module.kernel_shape), len(module.kernel_shape)
+    return _kinds.KernelKind((ndim - 2,), (ndim - 1,), (), tuple(range(ndim - 2)),
+                            int(module.feature_group_count)), expected
+  return None
+
+
+def _einsum_kind(einsum_str: str) -> _kinds.KernelKind:
+  """The kernel's kind in ``"input,kernel->output"``: axes shared with the
+  input only are inputs, with the output only outputs, with both batch."""
+  lhs, out = einsum_str.replace(" ", "").split("->")
+  inp, ker = lhs.split(",")
+  letters = [c for c in ker if c.isalpha()]
+  ins = tuple(i for i, c in enumerate(letters) if c in inp and c not in out)
+  outs = tuple(i for i, c in enumerate(letters) if c in out and c not in inp)
+  batch = tuple(i for i, c in enumerate(letters) if c in inp and c in out)
+  if len(ins) + len(outs) + len(batch) != len(letters) or not ins or not outs:
+    raise ValueError(f"cannot read the kernel of einsum {einsum_str!r} as a matrix: an axis is "
+                     "summed over alone, or inputs or outputs are missing; pass its kind")
+  return _kinds.KernelKind(ins, outs, batch)
+
+
+def model_layout(model, filter: Filter | None = None, stacked: Stacked = None,
+                 kinds: Mapping[str, object] | None = None) -> Layout:
+  """The layout of an NNX model's ``nnx.Param`` state, kinds and stacks read
+  from the model.
+
+  Each ``Linear``, ``LinearGeneral`` (so every ``MultiHeadAttention``
+  projection), ``Einsum``, ``Conv`` (with its ``feature_group_count``) and
+  ``ConvTranspose`` gets its kernel's kind; leading axes beyond the module's
+  own kernel shape (``nnx.vmap`` / ``nnx.scan`` stacks) are stack axes. Other
+  modules' kernels follow ``stacked`` (default: ``model.sparsity_spec()``'s,
+  when the model has one) and the default shape rule; ``kinds`` and
+  ``stacked`` override what is inferred.
+
+  Args:
+    model: an ``nnx.Module``.
+    filter, stacked, kinds: as in :func:`layout`.
+
+  Returns:
+    A :class:`Layout`.
+  """
+  from flax import nnx
+
+  if stacked is None and hasattr(model, "sparsity_spec"):
+    stacked = model.sparsity_spec().stacked
+  inferred_kinds, inferred_stacks = {}, {}
+  params = nnx.state(model, nnx.Param)
+  leaves = dict(named_leaves(params))
+  for path, node in nnx.iter_graph(model):
+    if not isinstance(node, nnx.Module):
+      continue
+    name = "/".join(str(p) for p in path + ("kernel",))
+    if name not in leaves:
+      continue
+    found = _module_kind(node, leaves[name].shape)
+    if found is None:
+      continue
+    kind, expected = found
+    extra = jnp.ndim(leaves[name]) - len(expected)
+    if extra < 0 or tuple(jnp.shape(leaves[name])[extra:]) != tuple(expected):
+      raise ValueError(f"{name}: kernel of shape {jnp.shape(leaves[name])} does not end in its "
+                       f"module's kernel shape {tuple(expected)}")
+    inferred_kinds[name] = kind
+    if extra:
+      inferred_stacks[name] = extra
+  if callable(stacked):
+    stacks = lambda name, leaf: stacked(name, leaf) or inferred_stacks.get(name, 0)
+  else:
+    stacks = {**inferred_stacks, **dict(stacked or {})}
+  return layout(params, filter, stacks, {**inferred_kinds, **dict(kinds or {})})
+
+
+def resolve(params, filter: Filter | None, stacked: Stacked, layout_: Layout | None,
+            kinds: Mapping[str, object] | None = None) -> Layout:
   """The layout a public function works from: ``layout_`` when given, else
-  :func:`layout` of ``params`` with ``filter`` and ``stacked``."""
+  :func:`layout` of ``params`` with ``filter``, ``stacked`` and ``kinds``."""
   if layout_ is None:
-    return layout(params, filter, stacked)
-  if filter is not None or stacked is not None:
-    raise ValueError("give either layout= or filter=/stacked=, not both")
+    return layout(params, filter, stacked, kinds)
+  if filter is not None or stacked is not None or kinds is not None:
+    raise ValueError("give either layout= or filter=/stacked=/kinds=, not both")
   if not isinstance(layout_, Layout):
     raise TypeError(f"layout must be an eoi_jax.layers.Layout, got {type(layout_).__name__}")
   return layout_

@@ -2,8 +2,10 @@
 
 A *mask tree* has the structure of its params tree (see :mod:`eoi_jax.layers`):
 each maskable leaf holds a bool array of the leaf's shape (``True`` =
-trainable weight), every other leaf holds the scalar ``True`` (nothing masked,
-broadcasts against any update).
+trainable weight), every other leaf holds ``None`` (not masked), as in
+jaxpruner. Everything that takes a mask tree also accepts a scalar ``True``
+there (the old convention); :func:`to_optax_masked` and
+:func:`from_jaxpruner` convert to and from the other conventions.
 
 Example:
   >>> dens = allocation.erk(params, 0.1)
@@ -25,9 +27,42 @@ from eoi_jax.layers import Filter, Layout, Stacked
 from eoi_jax.topk import keep_top
 
 
+def _is_unmasked(mask) -> bool:
+  """``None``, or a concrete scalar ``True`` (the older convention)."""
+  if mask is None:
+    return True
+  if isinstance(mask, jax.core.Tracer) or jnp.shape(mask):
+    return False
+  return bool(mask)
+
+
+def check_masks(params, masks) -> list:
+  """The mask of each leaf of ``params`` (``None`` where unmasked); ``ValueError``
+  when ``masks`` does not have the structure of ``params``."""
+  try:
+    return jax.tree.structure(params).flatten_up_to(masks)
+  except (ValueError, TypeError) as e:
+    raise ValueError(f"masks must have the structure of the params ({e})") from None
+
+
 def apply_masks(params, masks):
-  """Zeroes every masked-out entry: ``where(mask, param, 0)`` leaf by leaf."""
-  return jax.tree.map(lambda p, m: jnp.where(m, p, jnp.zeros_like(p)), params, masks)
+  """Zeroes every masked-out entry: ``where(mask, param, 0)`` leaf by leaf
+  (``None`` or scalar ``True`` leaves of ``masks`` leave the param as it is)."""
+  return jax.tree.map(lambda p, m: p if _is_unmasked(m) else jnp.where(m, p, jnp.zeros_like(p)),
+                      params, masks)
+
+
+def to_optax_masked(masks):
+  """For ``optax.masked``: ``True`` on leaves that have a mask, ``False`` elsewhere
+  (e.g. to decay only the masked kernels)."""
+  return jax.tree.map(lambda m: not _is_unmasked(m), masks, is_leaf=lambda m: m is None)
+
+
+def from_jaxpruner(masks):
+  """A jaxpruner mask tree (``None`` where unmasked, 0/1 arrays where masked) as a
+  mask tree of bool arrays."""
+  return jax.tree.map(lambda m: None if m is None else jnp.asarray(m).astype(jnp.bool_), masks,
+                      is_leaf=lambda m: m is None)
 
 
 def full_masks(params, filter: Filter | None = None, stacked: Stacked = None, *,

@@ -29,6 +29,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from eoi_jax import masking
+
 
 class StaticSparseState(NamedTuple):
   """State of :func:`static_sparse`: the masks and the inner optimizer's state."""
@@ -38,10 +40,12 @@ class StaticSparseState(NamedTuple):
 
 
 def _mask_tree(tree, masks):
-  return jax.tree.map(
-      lambda x, m: None if x is None else jnp.where(m, x, jnp.zeros_like(x)),
-      tree, masks, is_leaf=lambda x: x is None,
-  )
+  def mask(x, m):
+    if x is None or m is None:  # no update, or not masked
+      return x
+    return jnp.where(m, x, jnp.zeros_like(x))
+
+  return jax.tree.map(mask, tree, masks, is_leaf=lambda x: x is None)
 
 
 def static_sparse(inner: optax.GradientTransformation, masks) -> optax.GradientTransformationExtraArgs:
@@ -52,7 +56,7 @@ def static_sparse(inner: optax.GradientTransformation, masks) -> optax.GradientT
       ``optax.chain(optax.add_decayed_weights(wd), optax.sgd(...))``).
     masks: a mask tree with the structure of the params (see
       :mod:`eoi_jax.masking`): bool arrays, ``True`` where a weight is
-      trainable, or scalar ``True`` for unmasked leaves.
+      trainable; ``None`` (or a scalar ``True``) for unmasked leaves.
 
   Returns:
     An optax ``GradientTransformationExtraArgs``; extra arguments of
@@ -61,9 +65,7 @@ def static_sparse(inner: optax.GradientTransformation, masks) -> optax.GradientT
   inner = optax.with_extra_args_support(inner)
 
   def init_fn(params):
-    if jax.tree.structure(params) != jax.tree.structure(masks):
-      raise ValueError("masks must have the structure of the params: got "
-                       f"{jax.tree.structure(masks)} for {jax.tree.structure(params)}")
+    masking.check_masks(params, masks)
     return StaticSparseState(masks=masks, inner_state=inner.init(params))
 
   def update_fn(updates, state, params=None, **extra_args):

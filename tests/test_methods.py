@@ -25,8 +25,8 @@ def _kept(masks):
 
 
 def _masked_entries_zero(out):
-  for p, m in zip(jax.tree.leaves(out.params), jax.tree.leaves(out.masks)):
-    if np.ndim(m):
+  for p, m in zip(jax.tree.leaves(out.params), masking.check_masks(out.params, out.masks)):
+    if m is not None:
       assert not np.any(np.asarray(p)[~np.broadcast_to(np.asarray(m), p.shape)])
 
 
@@ -61,8 +61,8 @@ def test_eoi_and_dense():
   model = _mlp()
   out = methods.initialize_model("eoi", jax.random.key(0), model, 0.2)
   _masked_entries_zero(out)
-  for p, m in zip(jax.tree.leaves(out.params), jax.tree.leaves(out.masks)):
-    if np.ndim(m):
+  for p, m in zip(jax.tree.leaves(out.params), masking.check_masks(out.params, out.masks)):
+    if m is not None:
       np.testing.assert_array_equal(np.asarray(m), np.asarray(p) != 0)  # mask == EOI support
   dense = methods.initialize_model("dense", jax.random.key(0), model, 0.2)
   assert dense.summary.density == 1.0

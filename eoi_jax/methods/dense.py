@@ -19,8 +19,9 @@ import jax
 import jax.numpy as jnp
 
 from eoi_jax import _validation, kernels, layers
+from eoi_jax.kinds import from_matrices, to_matrices
 from eoi_jax.layers import Filter, Layout, Stacked
-from eoi_jax.methods.network import per_shape, regenerate_layers
+from eoi_jax.methods.network import per_matrix, regenerate_layers
 
 
 def delta_orthogonal(key, shape, gain=1.0, dtype=jnp.float32):
@@ -104,37 +105,39 @@ def block_orthogonal_conv(key, shape, gain=1.0, dtype=jnp.float32):
 
 
 def sparse_kaiming(key, params, masks, *, gain=2.0 ** 0.5, filter: Filter | None = None,
-                   stacked: Stacked = None, layout: Layout | None = None):
+                   stacked: Stacked = None, kinds=None, layout: Layout | None = None):
   """Kaiming-normal values scaled to each output unit's sparse fan-in.
 
-  Entry ``(..., i, o)`` of a kernel is ``N(0, gain**2 / fan_in(o))`` where
-  ``fan_in(o)`` counts the unmasked entries feeding output ``o`` (taps and
-  input channels); masked-out entries are zero.
+  Entry ``(..., i, o)`` of each of a kernel's matrices (:mod:`eoi_jax.kinds`)
+  is ``N(0, gain**2 / fan_in(o))`` where ``fan_in(o)`` counts the unmasked
+  entries feeding output ``o`` (taps and inputs); masked-out entries are zero.
 
   Args:
     key: a ``jax.random`` key (layer ``i`` uses ``fold_in(key, i)``).
     params: params tree; masks: its mask tree.
     gain: ``sqrt(2)`` for ReLU (Kaiming), 1 for linear/tanh.
-    filter, stacked, layout: as in :func:`eoi_jax.layers.resolve`.
+    filter, stacked, kinds, layout: as in :func:`eoi_jax.layers.resolve`.
   """
   _validation.check_gain(gain)
-  layout = layers.resolve(params, filter, stacked, layout)
+  layout = layers.resolve(params, filter, stacked, layout, kinds)
   index = {name: i for i, name in enumerate(layout.names)}
   mask_leaves = layout.leaves(masks)
 
   def make(layer, leaf):
-    mask = jnp.broadcast_to(mask_leaves[layer.name], jnp.shape(leaf))
-    per_layer = mask.reshape((layer.num_layers, -1, layer.shape[-1]))
-    fan_in = jnp.maximum(per_layer.sum(axis=1, keepdims=True), 1).astype(jnp.float32)
-    noise = jax.random.normal(jax.random.fold_in(key, index[layer.name]), per_layer.shape)
-    values = gain * noise / jnp.sqrt(fan_in)
-    return jnp.where(per_layer, values, 0).reshape(jnp.shape(leaf)).astype(leaf.dtype)
+    kind = layer.leaf_kind()
+    mask = to_matrices(jnp, jnp.broadcast_to(mask_leaves[layer.name], jnp.shape(leaf)),
+                             kind)  # (M, *taps, in, out)
+    per_out = mask.reshape((mask.shape[0], -1, mask.shape[-1]))
+    fan_in = jnp.maximum(per_out.sum(axis=1, keepdims=True), 1).astype(jnp.float32)
+    noise = jax.random.normal(jax.random.fold_in(key, index[layer.name]), per_out.shape)
+    values = jnp.where(per_out, gain * noise / jnp.sqrt(fan_in), 0).reshape(mask.shape)
+    return from_matrices(jnp, values, jnp.shape(leaf), kind).astype(leaf.dtype)
 
   return layout.map(make, params, other=lambda leaf: leaf)
 
 
 def orthogonal_params(key, params, *, gain=1.0, bias_std=0.0, filter: Filter | None = None,
-                      stacked: Stacked = None, layout: Layout | None = None):
+                      stacked: Stacked = None, kinds=None, layout: Layout | None = None):
   """Dense (delta-)orthogonal kernels for every maskable layer.
 
   Args:
@@ -143,12 +146,12 @@ def orthogonal_params(key, params, *, gain=1.0, bias_std=0.0, filter: Filter | N
     params: params tree.
     gain: ``sigma_w``.
     bias_std: biases beside the kernels are drawn from ``N(0, bias_std**2)``.
-    filter, stacked, layout: as in :func:`eoi_jax.layers.resolve`.
+    filter, stacked, kinds, layout: as in :func:`eoi_jax.layers.resolve`.
 
   Returns:
     The new params tree.
   """
-  layout = layers.resolve(params, filter, stacked, layout)
+  layout = layers.resolve(params, filter, stacked, layout, kinds)
   return orthogonal_network(key, params, layout, _validation.check_gain(gain),
                             _validation.check_non_negative(bias_std, "bias_std"))
 
@@ -159,6 +162,6 @@ def orthogonal_network(key, params, layout: Layout, gain, bias_std):
   def generate(keys, shape, dtype, group):
     return delta_orthogonal_batch(keys, shape, gain, dtype), None
 
-  new_params, _ = regenerate_layers(key, params, layout, per_shape(generate),
+  new_params, _ = regenerate_layers(key, params, layout, per_matrix(generate),
                                     bias_std=bias_std)
   return new_params

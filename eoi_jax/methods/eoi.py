@@ -54,9 +54,9 @@ def eoi_network(key, params, layout: Layout, densities: Mapping[str, np.ndarray]
       by_dtype.setdefault(layer.dtype, []).append(layer)
     out = {}
     for dtype, group in by_dtype.items():
-      requests = [kernels.KernelRequest(layer.shape, keys[layer.name].keys,
-                                        densities[layer.name].reshape(-1),
-                                        layer.stack + layer.shape, keys[layer.name].index)
+      requests = [kernels.KernelRequest(layer.stack + layer.shape, keys[layer.name].keys,
+                                        densities[layer.name].reshape(-1), layer.leaf_kind(),
+                                        len(layer.stack), keys[layer.name].index)
                   for layer in group]
       made = kernels.generate(requests, gain=options.gain,
                               center_density=options.center_density,
@@ -72,7 +72,7 @@ def eoi_network(key, params, layout: Layout, densities: Mapping[str, np.ndarray]
 
 def eoi_params(key, params, densities: Mapping[str, object], *, gain=1.0, bias_std=0.0,
                center_density=None, structured: bool = False, filter: Filter | None = None,
-               stacked: Stacked = None, layout: Layout | None = None) -> SparseInit:
+               stacked: Stacked = None, kinds=None, layout: Layout | None = None) -> SparseInit:
   """Initialises every maskable layer with EOI at its density.
 
   Args:
@@ -86,12 +86,14 @@ def eoi_params(key, params, densities: Mapping[str, object], *, gain=1.0, bias_s
       beside each kernel) are drawn from ``N(0, sigma_b**2)``.
     center_density, structured: conv options
       (see :func:`eoi_jax.sparse_delta_orthogonal`).
-    filter, stacked, layout: as in :func:`eoi_jax.layers.resolve`.
+    filter, stacked, kinds, layout: as in :func:`eoi_jax.layers.resolve`;
+      each layer's kind says which of its axes form the matrices
+      (:mod:`eoi_jax.kinds`).
 
   Returns:
     A :class:`SparseInit` ``(params, masks, summary)``.
   """
-  layout = layers.resolve(params, filter, stacked, layout)
+  layout = layers.resolve(params, filter, stacked, layout, kinds)
   options = EOIOptions.checked(gain, bias_std, center_density, structured)
   return eoi_network(key, params, layout, layout.check_densities(densities, positive=True),
                      options)

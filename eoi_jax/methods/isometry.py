@@ -1,8 +1,9 @@
 """Approximate isometry (AI, Lee et al. 2020): optimise masked weights towards orthogonality.
 
 Minimises, over all maskable layers jointly,
-``sum_layers || C C^T - sigma_w^2 I ||_F`` (not squared), where ``C`` is the
-masked kernel reshaped to ``(out, in * taps)`` and the smaller Gram side is
+``sum_matrices || C C^T - sigma_w^2 I ||_F`` (not squared), where ``C`` is a
+masked matrix of a kernel (:mod:`eoi_jax.kinds`: one per layer, head or
+feature group) reshaped to ``(out, in * taps)`` and the smaller Gram side is
 used (``C^T C`` when ``C`` is taller than wide). Plain gradient descent with a
 fixed learning rate, as one jitted ``lax.scan``; gradients are masked so
 pruned entries stay exactly zero and the masks never change.
@@ -17,6 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from eoi_jax import _validation, layers
+from eoi_jax.kinds import to_matrices
 from eoi_jax.layers import Filter, Layout, Stacked
 
 
@@ -29,21 +31,22 @@ def _layer_loss(kernel, gain):
 
 
 def _objective(kernels, layout: Layout, gain):
-  """Sum of :func:`_layer_loss` over ``{name: leaf}`` (each layer of a stack counted)."""
+  """Sum of :func:`_layer_loss` over the matrices of ``{name: leaf}`` (each layer
+  of a stack, head or feature group counted; :mod:`eoi_jax.kinds`)."""
   return sum(jnp.sum(jax.vmap(lambda k: _layer_loss(k, gain))(
-      kernels[l.name].reshape((l.num_layers,) + l.shape))) for l in layout.layers)
+      to_matrices(jnp, kernels[l.name], l.leaf_kind()))) for l in layout.layers)
 
 
 def isometry_loss(params, *, gain=1.0, filter: Filter | None = None, stacked: Stacked = None,
-                  layout: Layout | None = None):
+                  kinds=None, layout: Layout | None = None):
   """The AI objective of a params tree (each layer of a stack counted)."""
-  layout = layers.resolve(params, filter, stacked, layout)
+  layout = layers.resolve(params, filter, stacked, layout, kinds)
   return _objective(layout.leaves(params), layout, gain)
 
 
 def approximate_isometry(params, masks, *, gain=1.0, steps: int = 10_000, learning_rate=0.1,
                          filter: Filter | None = None, stacked: Stacked = None,
-                         layout: Layout | None = None):
+                         kinds=None, layout: Layout | None = None):
   """Runs AI on the masked kernels of ``params``.
 
   Args:
@@ -52,7 +55,7 @@ def approximate_isometry(params, masks, *, gain=1.0, steps: int = 10_000, learni
     gain: ``sigma_w``.
     steps: gradient steps (the paper: 10,000; 1,000 for 1000-layer networks).
     learning_rate: plain SGD step size (the paper: 0.1).
-    filter, stacked, layout: as in :func:`eoi_jax.layers.resolve`.
+    filter, stacked, kinds, layout: as in :func:`eoi_jax.layers.resolve`.
 
   Returns:
     ``(params, losses)``: the optimised params and the objective before each
@@ -63,7 +66,7 @@ def approximate_isometry(params, masks, *, gain=1.0, steps: int = 10_000, learni
     raise ValueError(f"steps must be >= 1, got {steps}")
   if not learning_rate > 0:
     raise ValueError(f"learning_rate must be > 0, got {learning_rate}")
-  layout = layers.resolve(params, filter, stacked, layout)
+  layout = layers.resolve(params, filter, stacked, layout, kinds)
   return isometry_network(params, masks, layout, gain, int(steps), learning_rate)
 
 

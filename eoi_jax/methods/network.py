@@ -3,9 +3,9 @@ regeneration of every maskable kernel, same-shape kernels in one call.
 
 Example:
   >>> lay = layers.layout(params)
-  >>> make = lambda keys, shape, dtype, group: (
+  >>> make = lambda keys, shape, dtype, members: (
   ...     jax.vmap(lambda k: my_init(k, shape, dtype))(keys), None)
-  >>> new_params, _ = regenerate_layers(jax.random.key(0), params, lay, per_shape(make))
+  >>> new_params, _ = regenerate_layers(jax.random.key(0), params, lay, per_matrix(make))
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from eoi_jax import givens, summary
+from eoi_jax import givens, kinds, summary
 from eoi_jax.layers import Layout, named_leaves, path_name
 
 
@@ -69,23 +69,44 @@ class LayerKeys(NamedTuple):
     return self.keys[self.index]
 
 
-def per_shape(make: Callable) -> Generate:
-  """A :data:`Generate` that calls ``make(keys, shape, dtype, layers)`` once per
-  (shape, dtype) group of layers, stacks unrolled, with their keys
-  concatenated; ``make`` returns ``(kernels, masks or None)`` of ``(B, *shape)``."""
+def _as_leaf(matrices, layer):
+  """A layer's matrices ``(M, *taps, in, out)`` in its leaf's layout."""
+  leaf, kind = layer.stack + layer.shape, layer.resolved_kind()
+  if kinds.canonical(kind, layer.shape):
+    return matrices if matrices.shape == leaf else matrices.reshape(leaf)
+  return kinds.from_matrices(jnp, matrices, leaf, layer.leaf_kind())
+
+
+def per_matrix(make: Callable) -> Generate:
+  """A :data:`Generate` from a maker of matrices.
+
+  Every layer is taken apart into its matrices (:func:`eoi_jax.kinds.to_matrices`:
+  each a ``(*taps, in, out)`` kernel; a layer of several, such as one per
+  head or feature group, gives each ``split(layer key, n)``), matrices of one
+  (shape, dtype) go to one call ``make(keys, shape, dtype, members)`` (members:
+  ``[(layer, number of matrices)]`` in order) returning ``(kernels, masks or
+  None)`` of ``(B, *shape)``, and the results are laid back out in the
+  layers' shapes.
+  """
 
   def generate(keys: dict, layout: Layout) -> dict:
-    groups = defaultdict(list)
+    groups = defaultdict(list)  # (matrix shape, dtype) -> [(layer, keys)]
     for layer in layout.layers:
-      groups[(layer.shape, layer.dtype)].append(layer)
+      kind = layer.resolved_kind()
+      per_layer = kind.num_matrices(layer.shape)
+      layer_keys = keys[layer.name]
+      matrix_keys = (layer_keys.get() if per_layer == 1 else givens.split_each(
+          layer_keys.keys, np.asarray(layer_keys.index, np.int32), per_layer))
+      groups[(kind.canonical_shape(layer.shape), layer.dtype)].append((layer, matrix_keys))
     out = {}
     for (shape, dtype), members in groups.items():
-      index = np.concatenate([keys[l.name].index for l in members])
-      kernels, masks = make(keys[members[0].name].keys[index], shape, dtype, members)
+      kernels, masks = make(jnp.concatenate([k for _, k in members]), shape, dtype,
+                            [(layer, len(k)) for layer, k in members])
       start = 0
-      for layer in members:
-        stop = start + layer.num_layers
-        out[layer.name] = (kernels[start:stop], None if masks is None else masks[start:stop])
+      for layer, matrix_keys in members:
+        stop = start + len(matrix_keys)
+        out[layer.name] = tuple(None if x is None else _as_leaf(x[start:stop], layer)
+                                for x in (kernels, masks))
         start = stop
     return out
 
@@ -98,8 +119,8 @@ def regenerate_layers(key, params, layout: Layout, generate: Generate, *, bias_s
   ``generate(keys, layout)`` receives ``{name: LayerKeys}`` (kernel ``i`` in
   flattening order, stacks unrolled, gets ``fold_in(kernel_key, i)`` with
   ``kernel_key, bias_key = split(key)``) and returns ``{name: (kernels, masks)}``, each
-  ``(num_layers, *layer.shape)``, ``masks`` bool or ``None``; :func:`per_shape`
-  makes one from a per-shape kernel maker. Biases beside the kernels (the
+  shaped like the leaf, ``masks`` bool or ``None``; :func:`per_matrix`
+  makes one from a maker of matrices. Biases beside the kernels (the
   ``bias`` leaf next to each ``kernel``) are drawn from ``N(0, bias_std**2)``.
 
   Args:

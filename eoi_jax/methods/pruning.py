@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from eoi_jax import _validation, layers
+from eoi_jax import _validation, layers, masking
 from eoi_jax.counts import count_for_density
 from eoi_jax.layers import Filter, Layout, Stacked
 from eoi_jax.topk import keep_top
@@ -149,8 +149,7 @@ def synflow_network(params, apply_fn, input_shape, d: float, layout: Layout,
   @jax.jit
   def run(abs_params):
     def round_(t, keep):
-      masks = layout.unflatten(keep, params)
-      masked = jax.tree.map(lambda w, m: jnp.where(m, w, 0), abs_params, masks)
+      masked = masking.apply_masks(abs_params, layout.unflatten(keep, params))
       grads = jax.grad(lambda p: jnp.sum(apply_fn(p, ones)))(masked)
       scores = layout.flatten(jax.tree.map(lambda g, w: jnp.abs(g * w), grads, masked))
       return keep_top(jnp.where(keep, scores, -1.0), counts[t])

@@ -227,7 +227,7 @@ def initialize(method: str, key, params, density, *, apply_fn: Callable | None =
                center_density=None, structured: bool = False, ai_steps: int = 10_000,
                ai_learning_rate=0.1, sao_degree: int | None = None,
                synflow_float64: bool = False, filter: Filter | None = None,
-               stacked: Stacked = None, layout: Layout | None = None) -> SparseInit:
+               stacked: Stacked = None, kinds=None, layout: Layout | None = None) -> SparseInit:
   """Initialises every maskable layer of ``params`` by ``method``.
 
   Args:
@@ -252,8 +252,8 @@ def initialize(method: str, key, params, density, *, apply_fn: Callable | None =
     sao_degree: one SAO degree for every sparse layer (default: the degree
       of ``density`` per layer, :func:`eoi_jax.methods.sao.degree_for_density`).
     synflow_float64: score SynFlow in float64 (needs ``jax_enable_x64``).
-    filter, stacked, layout: as in :func:`eoi_jax.layers.resolve`; the layout
-      is built once and serves every step.
+    filter, stacked, kinds, layout: as in :func:`eoi_jax.layers.resolve`; the
+      layout is built once and serves every step.
 
   Returns:
     A :class:`eoi_jax.methods.SparseInit` ``(params, masks, summary)``:
@@ -278,7 +278,7 @@ def initialize(method: str, key, params, density, *, apply_fn: Callable | None =
     raise ValueError("synflow_float64=True needs jax.config.update('jax_enable_x64', True)")
   request = Request(
       params=params,
-      layout=layers.resolve(params, filter, stacked, layout),
+      layout=layers.resolve(params, filter, stacked, layout, kinds),
       density=None if fixed_degree else _validation.check_density(density),
       allocator=allocator,
       ends=tuple(ends),
@@ -302,10 +302,14 @@ def initialize_model(method: str, key, model, density, *, batch=None,
                      **options) -> SparseInit:
   """:func:`initialize` for an NNX model; the model itself is not changed.
 
-  ``apply_fn`` calls the model in eval mode (batch-norm statistics are not
-  updated while pruning scores it). ``stacked`` and ``ends`` default to
-  ``model.sparsity_spec()`` when the model has one (the models of
-  :mod:`eoi_jax.training.models` do).
+  The layer view comes from the model (:func:`eoi_jax.layers.model_layout`):
+  each ``Linear``, ``LinearGeneral`` (attention projections), ``Einsum`` and
+  ``Conv`` (with its feature groups) gets its kernel's kind, and
+  ``nnx.vmap``/``nnx.scan`` stacks their layer axes; ``filter``, ``stacked``
+  and ``kinds`` in ``options`` refine it. ``apply_fn`` calls the model in eval
+  mode (batch-norm statistics are not updated while pruning scores it).
+  ``ends`` defaults to ``model.sparsity_spec().ends`` when the model has one
+  (the models of :mod:`eoi_jax.training.models` do).
 
   Args:
     method, key, density, batch: as in :func:`initialize`.
@@ -319,10 +323,11 @@ def initialize_model(method: str, key, model, density, *, batch=None,
   from flax import nnx
 
   if hasattr(model, "sparsity_spec"):
-    spec = model.sparsity_spec()
-    options.setdefault("ends", tuple(spec.ends))
-    if options.get("layout") is None:
-      options.setdefault("stacked", spec.stacked)
+    options.setdefault("ends", tuple(model.sparsity_spec().ends))
+  if options.get("layout") is None:
+    options["layout"] = layers.model_layout(model, options.pop("filter", None),
+                                            options.pop("stacked", None),
+                                            options.pop("kinds", None))
   scoring_copy = nnx.merge(*nnx.split(model))
   scoring_copy.eval()
   graphdef, params, rest = nnx.split(scoring_copy, nnx.Param, ...)

@@ -44,7 +44,7 @@ from eoi_jax.counts import count_for_density
 from eoi_jax.kernels import check_kernel_shape, wide_shape
 from eoi_jax.layers import Filter, Layout, Stacked
 from eoi_jax.methods.dense import delta_orthogonal_batch
-from eoi_jax.methods.network import SparseInit, per_shape, regenerate_layers
+from eoi_jax.methods.network import SparseInit, per_matrix, regenerate_layers
 
 
 def _check_one_of(degree, density):
@@ -158,7 +158,7 @@ def _sao_batch(keys, shape, degree, gain, dtype):
 def sao_params(key, params, *, density=None, degree: int | None = None,
                dense: Sequence[str] = (), gain=1.0, bias_std=0.0,
                filter: Filter | None = None, stacked: Stacked = None,
-               layout: Layout | None = None) -> SparseInit:
+               kinds=None, layout: Layout | None = None) -> SparseInit:
   """SAO for every maskable layer of a network, the ``dense`` layers kept dense.
 
   Args:
@@ -173,7 +173,7 @@ def sao_params(key, params, *, density=None, degree: int | None = None,
       mask; the authors keep the first and the last layer dense.
     gain: ``sigma_w``.
     bias_std: biases beside the kernels are drawn from ``N(0, bias_std**2)``.
-    filter, stacked, layout: as in :func:`eoi_jax.layers.resolve`.
+    filter, stacked, kinds, layout: as in :func:`eoi_jax.layers.resolve`.
 
   Returns:
     A :class:`eoi_jax.methods.SparseInit`; its summary's requested density is
@@ -184,7 +184,7 @@ def sao_params(key, params, *, density=None, degree: int | None = None,
       layer and lists its valid degrees), or ``dense`` names no maskable layer.
   """
   _check_one_of(degree, density)
-  layout = layers.resolve(params, filter, stacked, layout)
+  layout = layers.resolve(params, filter, stacked, layout, kinds)
   degrees = layer_degrees(layout, density=density, degree=degree, dense=dense)
   return sao_network(key, params, layout, degrees, _validation.check_gain(gain),
                      _validation.check_non_negative(bias_std, "bias_std"))
@@ -201,8 +201,9 @@ def layer_degrees(layout: Layout, *, density=None, degree=None, dense: Sequence[
     if layer.name in dense:
       continue
     try:
-      degrees[layer.name] = (check_degree(layer.shape, degree) if degree is not None
-                             else degree_for_density(layer.shape, density))
+      matrix = layer.resolved_kind().canonical_shape(layer.shape)
+      degrees[layer.name] = (check_degree(matrix, degree) if degree is not None
+                             else degree_for_density(matrix, density))
     except ValueError as e:
       raise ValueError(f"layer {layer.name!r}: {e}") from None
   return degrees
@@ -212,11 +213,11 @@ def sao_network(key, params, layout: Layout, degrees, gain, bias_std) -> SparseI
   """:func:`sao_params` on checked arguments (``degrees`` from :func:`layer_degrees`;
   layers without a degree are kept dense)."""
 
-  def generate(keys, shape, dtype, group):
+  def generate(keys, shape, dtype, members):
     weights, masks, start = [], [], 0
-    for layer in group:
-      layer_keys = keys[start:start + layer.num_layers]
-      start += layer.num_layers
+    for layer, count in members:
+      layer_keys = keys[start:start + count]
+      start += count
       if layer.name in degrees:
         w, m = _sao_batch(layer_keys, shape, degrees[layer.name], gain, dtype)
       else:
@@ -226,10 +227,11 @@ def sao_network(key, params, layout: Layout, degrees, gain, bias_std) -> SparseI
       masks.append(m)
     return jnp.concatenate(weights), jnp.concatenate(masks)
 
-  new_params, mask_tree = regenerate_layers(key, params, layout, per_shape(generate),
+  new_params, mask_tree = regenerate_layers(key, params, layout, per_matrix(generate),
                                             bias_std=bias_std)
   requested = {
-      l.name: (degrees[l.name] / wide_shape(l.shape)[1] if l.name in degrees else 1.0)
+      l.name: (degrees[l.name] / wide_shape(l.resolved_kind().canonical_shape(l.shape))[1]
+               if l.name in degrees else 1.0)
       for l in layout.layers
   }
   report = summary.sparsity_summary(new_params, mask_tree, requested, layout=layout)
