@@ -23,6 +23,7 @@ from eoi_jax import chain
 from eoi_jax import givens
 from eoi_jax import initializers
 from eoi_jax import kernels
+from eoi_jax import kinds
 from eoi_jax import layers
 from eoi_jax import masking
 from eoi_jax import methods
@@ -33,8 +34,10 @@ from eoi_jax.kernels import center_density_for
 from eoi_jax.kernels import eoi_batch
 from eoi_jax.kernels import sparse_delta_orthogonal
 from eoi_jax.kernels import sparse_orthogonal
+from eoi_jax.kinds import KernelKind
 from eoi_jax.layers import Layout
 from eoi_jax.layers import layout
+from eoi_jax.layers import model_layout
 from eoi_jax.masking import apply_masks
 from eoi_jax.masking import magnitude_masks
 from eoi_jax.masking import mask_densities
@@ -53,6 +56,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "GivensResult",
+    "KernelKind",
     "Layout",
     "SparseInit",
     "SparsitySummary",
@@ -69,12 +73,14 @@ __all__ = [
     "initialize_model",
     "initializers",
     "kernels",
+    "kinds",
     "layers",
     "layout",
     "magnitude_masks",
     "mask_densities",
     "masking",
     "methods",
+    "model_layout",
     "random_masks",
     "rotation_sequence",
     "sparse_delta_orthogonal",

@@ -491,10 +491,20 @@ def generate(requests, *, gain=1.0, center_density=None, structured=False,
     else:
       kernels = kinds.from_matrices(xp, kernels, request.shape, kind)
       kernel_masks = kinds.from_matrices(xp, kernel_masks, request.shape, kind)
-    # device_put, not jnp.asarray: the latter compiles a staging program per shape.
-    results.append((jax.device_put(kernels), jax.device_put(kernel_masks)) if concrete
+    results.append((_to_device(kernels), _to_device(kernel_masks)) if concrete
                    else (kernels, kernel_masks))
   return results
+
+
+def _to_device(value: np.ndarray) -> Array:
+  """A host array on the device, replicated over the mesh set with
+  ``jax.set_mesh`` if any (as ``jax.random`` places its results), so Flax can
+  constrain it to a layer's sharding. ``device_put``, not ``jnp.asarray``: the
+  latter compiles a staging program per shape."""
+  mesh = jax.sharding.get_mesh()
+  if mesh.empty:
+    return jax.device_put(value)
+  return jax.device_put(value, jax.sharding.NamedSharding(mesh, jax.P()))
 
 
 def eoi_batch(keys, shape, densities, *, gain=1.0, center_density=None, structured=False,
@@ -506,7 +516,7 @@ def eoi_batch(keys, shape, densities, *, gain=1.0, center_density=None, structur
 
   Args:
     keys: ``(B,)`` keys.
-    shape: kernel shape (2-D dense or 3-D to 5-D conv, as for :func:`eoi_init`).
+    shape: kernel shape (2-D dense or 3-D to 5-D conv: ``(*taps, in, out)``).
     densities: ``(B,)`` densities in (0, 1].
     gain, center_density, structured, dtype: as for the single-kernel functions.
 
@@ -529,20 +539,13 @@ def eoi_batch(keys, shape, densities, *, gain=1.0, center_density=None, structur
   return kernels, masks
 
 
-def eoi_init(key, shape, density, *, gain=1.0, dtype=jnp.float32, **conv_options):
-  """Dispatches on ``shape``: 2-D to :func:`sparse_orthogonal`, 3-D to 5-D to
-  :func:`sparse_delta_orthogonal`. Returns ``(weight, mask)``."""
-  try:
-    ndim = len(shape)
-  except TypeError as e:
-    raise ValueError(f"shape must be a sequence of positive ints, got {shape!r}") from e
-  if ndim == 2:
-    if conv_options:
-      names = ", ".join(sorted(conv_options))
-      raise ValueError(f"conv options ({names}) do not apply to 2-D shape {tuple(shape)}")
-    return sparse_orthogonal(key, shape, density, gain=gain, dtype=dtype)
-  if ndim in (3, 4, 5):
-    return sparse_delta_orthogonal(key, shape, density, gain=gain, dtype=dtype, **conv_options)
-  raise ValueError(
-      f"shape must have 2 (dense) or 3 to 5 (conv) dimensions, got {ndim} ({tuple(shape)!r})"
-  )
+def eoi_kernel(key, shape, density: float, kind: kinds.KernelKind, *, gain=1.0,
+               center_density=None, structured=False, dtype=jnp.float32):
+  """The EOI kernel of ``shape`` and ``kind`` for one key, on checked arguments
+  (see :func:`eoi_jax.initializers.eoi`). Returns ``(kernel, mask)``; a kernel
+  of several matrices (heads, groups, stacked layers) splits ``key`` per matrix."""
+  (kernel, mask), = generate([KernelRequest(tuple(shape), key[None], np.array([density]),
+                                            kind=kind)],
+                             gain=gain, center_density=center_density, structured=structured,
+                             dtype=dtype)
+  return kernel, mask

@@ -100,14 +100,32 @@ def _looks_like_conv(shape) -> bool:
   return len(shape) in (4, 5) and len(set(spatial)) == 1 and spatial[0] % 2 == 1
 
 
+def check_arguments(in_axis=None, out_axis=None, batch_axis=(), conv=None,
+                    feature_group_count: int = 1):
+  """Checks the types of :func:`resolve`'s arguments (before any shape is known)."""
+  for value, name in [(in_axis, "in_axis"), (out_axis, "out_axis"), (batch_axis, "batch_axis")]:
+    if value is not None:
+      _axes(value, 1 << 16, name)
+  if isinstance(feature_group_count, bool) or not isinstance(feature_group_count,
+                                                             numbers.Integral):
+    raise TypeError(f"feature_group_count must be a positive int, got {feature_group_count!r}")
+  if feature_group_count < 1:
+    raise ValueError(f"feature_group_count must be a positive int, got {feature_group_count!r}")
+  if conv is not None and not isinstance(conv, (bool, np.bool_)):
+    raise TypeError(f"conv must be True, False or None, got {conv!r}")
+
+
 def resolve(shape, *, in_axis=None, out_axis=None, batch_axis=(), conv=None,
             feature_group_count: int = 1, name: str = "kernel") -> KernelKind:
   """The :class:`KernelKind` of a kernel of ``shape``.
 
   Args:
     shape: the kernel's shape.
-    in_axis, out_axis: the matrix's input and output axes (int or tuple;
-      default ``-2`` and ``-1``).
+    in_axis, out_axis: the matrix's input and output axes (int or tuple).
+      By default the output is the last axis not named otherwise and the
+      input the free axis before the first output axis: ``-2`` and ``-1`` for
+      plain kernels, ``0`` for ``(in, heads, head_dim)`` with
+      ``out_axis=(-2, -1)``.
     batch_axis: axes of independent matrices (heads, stacked layers).
     conv: ``True`` when the remaining axes are conv taps, ``False`` when there
       must be none, ``None`` to apply the default rule (module docstring).
@@ -126,16 +144,24 @@ def resolve(shape, *, in_axis=None, out_axis=None, batch_axis=(), conv=None,
   ndim = len(shape)
   if ndim < 2:
     raise ValueError(f"{name}: a kernel needs at least 2 dimensions, got shape {shape}")
-  if isinstance(feature_group_count, bool) or not isinstance(feature_group_count,
-                                                             numbers.Integral) or (
-                                                                 feature_group_count < 1):
-    raise ValueError(f"feature_group_count must be a positive int, got {feature_group_count!r}")
-  if conv is not None and not isinstance(conv, bool):
-    raise TypeError(f"conv must be True, False or None, got {conv!r}")
+  check_arguments(in_axis, out_axis, batch_axis, conv, feature_group_count)
   explicit = in_axis is not None or out_axis is not None or tuple(np.atleast_1d(batch_axis))
-  ins = _axes(-2 if in_axis is None else in_axis, ndim, "in_axis")
-  outs = _axes(-1 if out_axis is None else out_axis, ndim, "out_axis")
   batch = _axes(batch_axis, ndim, "batch_axis")
+  outs = None if out_axis is None else _axes(out_axis, ndim, "out_axis")
+  ins = None if in_axis is None else _axes(in_axis, ndim, "in_axis")
+  # Defaults: the last free axis is the output, the one before it the input.
+  if outs is None:
+    free = sorted(set(range(ndim)) - set(batch) - set(ins or ()))
+    if not free:
+      raise ValueError(f"{name}: no axis of shape {shape} is left for out_axis")
+    outs = (free[-1],)
+  if ins is None:
+    free = sorted(set(range(ndim)) - set(batch) - set(outs))
+    if not free:
+      raise ValueError(f"{name}: no axis of shape {shape} is left for in_axis (out_axis="
+                       f"{out_axis!r}, batch_axis={batch_axis!r})")
+    before = [a for a in free if a < min(outs)]
+    ins = (before[-1] if before else free[0],)
   if set(ins) & set(outs) or set(batch) & (set(ins) | set(outs)):
     raise ValueError(f"{name}: in_axis, out_axis and batch_axis must name different axes, got "
                      f"{in_axis!r}, {out_axis!r}, {batch_axis!r} for shape {shape}")

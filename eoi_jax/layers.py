@@ -319,6 +319,13 @@ def _module_kind(module, shape):
     return _kinds.KernelKind(ins, outs, (), tuple(range(ndim - 2))), expected
   if isinstance(module, nnx.Conv):
     expected, ndim = tuple(module.kernel_shape), len(module.kernel_shape)
+    window = expected[:-2]
+    strides = module.strides
+    strides = (strides,) * len(window) if isinstance(strides, int) else tuple(strides or ())
+    if strides == window and module.feature_group_count == 1 and math.prod(window) > 1:
+      # Non-overlapping patches (a ViT's patch embedding): one matrix from
+      # each flattened patch to the output, an isometry patch by patch.
+      return _kinds.KernelKind(tuple(range(ndim - 1)), (ndim - 1,)), expected
     return _kinds.KernelKind((ndim - 2,), (ndim - 1,), (), tuple(range(ndim - 2)),
                             int(module.feature_group_count)), expected
   return None
@@ -346,11 +353,13 @@ def model_layout(model, filter: Filter | None = None, stacked: Stacked = None,
 
   Each ``Linear``, ``LinearGeneral`` (so every ``MultiHeadAttention``
   projection), ``Einsum``, ``Conv`` (with its ``feature_group_count``) and
-  ``ConvTranspose`` gets its kernel's kind; leading axes beyond the module's
+  ``ConvTranspose`` gets its kernel's kind (a conv whose strides equal its
+  window, a patch embedding, is one matrix from each patch); leading axes beyond the module's
   own kernel shape (``nnx.vmap`` / ``nnx.scan`` stacks) are stack axes. Other
-  modules' kernels follow ``stacked`` (default: ``model.sparsity_spec()``'s,
-  when the model has one) and the default shape rule; ``kinds`` and
-  ``stacked`` override what is inferred.
+  modules' leaves named ``kernel`` follow ``stacked`` (default:
+  ``model.sparsity_spec()``'s, when the model has one) and the default shape
+  rule; embedding tables and other params are not masked unless ``filter``
+  says so. ``kinds`` and ``stacked`` override what is inferred.
 
   Args:
     model: an ``nnx.Module``.
@@ -387,6 +396,9 @@ def model_layout(model, filter: Filter | None = None, stacked: Stacked = None,
     stacks = lambda name, leaf: stacked(name, leaf) or inferred_stacks.get(name, 0)
   else:
     stacks = {**inferred_stacks, **dict(stacked or {})}
+  if filter is None:  # kernels: no embedding tables or position embeddings
+    filter = lambda name, leaf: name in inferred_kinds or (
+        name.rsplit("/", 1)[-1] == "kernel" and default_filter(name, leaf))
   return layout(params, filter, stacks, {**inferred_kinds, **dict(kinds or {})})
 
 

@@ -14,7 +14,7 @@ SHAPE_DTYPE_TABLE = [
     ((64, 32), jnp.float32),
     ((32, 64), jnp.bfloat16),
     ((3, 3, 8, 16), jnp.float32),
-    ((5, 4, 4), jnp.bfloat16),
+    ((5, 4, 4), jnp.bfloat16),  # a 1-D conv: conv=True
     ((3, 3, 3, 4, 4), jnp.float32),
 ]
 
@@ -22,7 +22,7 @@ SHAPE_DTYPE_TABLE = [
 @pytest.mark.parametrize("shape,dtype", SHAPE_DTYPE_TABLE)
 def test_init_and_mask_init_agree(shape, dtype):
   key = jax.random.key(0)
-  options = {} if len(shape) == 2 else {"center_density": "sqrt"}
+  options = {} if len(shape) == 2 else {"center_density": "sqrt", "conv": True}
   kernel = eoi(0.2, gain=1.1, **options)(key, shape, dtype)
   mask = eoi_mask(0.2, gain=1.1, **options)(key, shape)
   assert kernel.shape == shape and kernel.dtype == dtype
@@ -31,9 +31,8 @@ def test_init_and_mask_init_agree(shape, dtype):
     np.testing.assert_array_equal(mask, kernel != 0)
     _, ref_mask = eoi_jax.sparse_orthogonal(key, shape, 0.2, gain=1.1)
   else:
-    _, ref_mask = eoi_jax.sparse_delta_orthogonal(
-        key, shape, 0.2, gain=1.1, center_density="sqrt"
-    )
+    options.pop("conv")
+    _, ref_mask = eoi_jax.sparse_delta_orthogonal(key, shape, 0.2, gain=1.1, **options)
     assert np.all(np.asarray(mask)[np.asarray(kernel) != 0])
   np.testing.assert_array_equal(mask, ref_mask)
 
@@ -47,19 +46,67 @@ def test_mask_init_dtype_and_float64(x64):
   np.testing.assert_array_equal(mask, (kernel != 0).astype(np.float32))
 
 
-def test_factories_validate_eagerly():
-  with pytest.raises(ValueError, match="density"):
-    eoi(0.0)
-  with pytest.raises(ValueError, match="gain"):
-    eoi_mask(0.5, gain=0)
-  with pytest.raises(ValueError, match="unknown conv options"):
+@pytest.mark.parametrize("arguments,error,match", [
+    (dict(density=0.0), ValueError, "density"),
+    (dict(density=True), TypeError, "density"),
+    (dict(density="0.1"), TypeError, "density"),
+    (dict(density=[0.1]), TypeError, "density"),
+    (dict(density=0.5, gain=0), ValueError, "gain"),
+    (dict(density=0.5, gain="2"), TypeError, "gain"),
+    (dict(density=0.5, structured="no"), TypeError, "structured"),
+    (dict(density=0.5, center_density="cube"), ValueError, "center_density"),
+    (dict(density=0.5, in_axis=1.5), TypeError, "in_axis"),
+    (dict(density=0.5, out_axis=(1, 1)), ValueError, "out_axis"),
+    (dict(density=0.5, feature_group_count=0), ValueError, "feature_group_count"),
+    (dict(density=0.5, feature_group_count=2.0), TypeError, "feature_group_count"),
+    (dict(density=0.5, conv="yes"), TypeError, "conv"),
+    (dict(density=0.5, conv=False, structured=True), ValueError, "conv"),
+])
+def test_factories_validate_eagerly(arguments, error, match):
+  for factory in (eoi, eoi_mask):
+    with pytest.raises(error, match=match):
+      factory(**arguments)
+
+
+def test_unknown_keywords_are_rejected():
+  with pytest.raises(TypeError, match="centre_density"):
     eoi(0.5, centre_density="sqrt")
-  with pytest.raises(ValueError, match="center_density"):
-    eoi(0.5, center_density="cube")
-  with pytest.raises(ValueError, match="shape"):
-    eoi(0.5)(jax.random.key(0), (4,))
-  with pytest.raises(ValueError, match="conv options"):
-    eoi(0.5, structured=True)(jax.random.key(0), (4, 4))
+
+
+@pytest.mark.parametrize("arguments,shape,match", [
+    ({}, (4,), "shape"),
+    (dict(structured=True), (4, 4), "conv kernels"),
+    ({}, (512, 8, 64), "out_axis=\\(-2, -1\\)"),  # attention: never a 1-D conv
+    ({}, (5, 64, 16), "conv=True"),  # a 1-D conv: never its middle slice only
+    ({}, (4, 128, 128), "batch_axis"),  # a stack of 4 layers
+    ({}, (5, 3, 3, 64, 64), "batch_axis"),  # a stack of 3x3 convs
+    (dict(conv=True), (4, 3, 3), "odd"),
+    (dict(feature_group_count=3), (3, 3, 4, 64), "divide"),
+    (dict(in_axis=3), (4, 4), "in_axis"),
+    (dict(dtype=jnp.int32), (4, 4), "floating"),
+])
+def test_shapes_the_arguments_do_not_fit(arguments, shape, match):
+  dtype = arguments.pop("dtype", None)
+  with pytest.raises(ValueError, match=match):
+    eoi(0.5, **arguments)(jax.random.key(0), shape, dtype)
+
+
+def test_default_dtypes():
+  key = jax.random.key(0)
+  assert eoi(0.3)(key, (8, 8)).dtype == jnp.float32
+  assert eoi(0.3)(key, (8, 8), None).dtype == jnp.float32
+  assert eoi_mask(0.3)(key, (8, 8)).dtype == jnp.bool_
+
+
+def test_float16_mask_is_the_float32_support():
+  """Entries a float16 kernel rounds to zero stay in the mask (trainable)."""
+  key = jax.random.key(3)
+  kernel = eoi(0.9, gain=1e-4)(key, (64, 64), jnp.float16)
+  mask = eoi_mask(0.9, gain=1e-4)(key, (64, 64))
+  reference = eoi(0.9, gain=1e-4)(key, (64, 64), jnp.float32)
+  np.testing.assert_array_equal(mask, np.asarray(reference) != 0)
+  assert np.all(np.asarray(mask)[np.asarray(kernel) != 0])
+  assert np.count_nonzero(kernel) < np.count_nonzero(mask)  # some underflowed
 
 
 def test_nnx_linear_and_conv():
@@ -104,10 +151,27 @@ def test_vmap_builds_a_stack_of_layers():
   assert len({np.asarray(stack[i]).tobytes() for i in range(50)}) == 50
 
 
-def test_out_sharding_is_accepted():
-  mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]), ("data",))
-  sharding = jax.sharding.NamedSharding(mesh, jax.P())
-  out = jax.jit(lambda k: eoi(0.2)(k, (16, 16), jnp.float32, out_sharding=sharding))(
-      jax.random.key(0)
-  )
-  assert out.shape == (16, 16)
+@pytest.mark.parametrize("axis_type", ["Auto", "Explicit"])
+@pytest.mark.parametrize("jit", [False, True])
+def test_out_sharding_on_auto_and_explicit_meshes(axis_type, jit):
+  """As ``jax.nn.initializers`` do: a NamedSharding, or a PartitionSpec of the
+  mesh set with ``jax.set_mesh``, eagerly and under jit; Flax's
+  ``with_partitioning`` too."""
+  types = (getattr(jax.sharding.AxisType, axis_type),) * 2
+  mesh = jax.make_mesh((4, 2), ("data", "model"), axis_types=types)
+  key = jax.random.key(0)
+  expected = eoi(0.2)(key, (16, 32))
+  maybe_jit = jax.jit if jit else (lambda f: f)
+  named = jax.sharding.NamedSharding(mesh, jax.P("data", "model"))
+  for init in (eoi(0.2), eoi_mask(0.2)):
+    out = maybe_jit(lambda k: init(k, (16, 32), out_sharding=named))(key)
+    assert out.sharding.spec == jax.P("data", "model")
+  np.testing.assert_array_equal(maybe_jit(lambda k: eoi(0.2)(k, (16, 32), out_sharding=named))(
+      key), expected)
+  with jax.set_mesh(mesh):
+    out = maybe_jit(lambda k: eoi(0.2)(k, (16, 32), out_sharding=jax.P(None, "model")))(key)
+    assert out.sharding.spec == jax.P(None, "model")
+    make = lambda: nnx.Linear(16, 32, kernel_init=nnx.with_partitioning(eoi(0.2), (None, "model")),
+                              rngs=nnx.Rngs(0))
+    linear = nnx.jit(make)() if jit else make()
+    assert linear.kernel[...].sharding.spec == jax.P(None, "model")

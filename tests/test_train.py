@@ -49,11 +49,12 @@ def _params_equal(a, b, exact=True, rtol=1e-5, atol=1e-6):
     ("deep_cnn", (16, 16, 3), dict(depth=5, width=8)),
     ("resnet32", (16, 16, 3), {}),
     ("vgg16", (32, 32, 3), {}),
+    ("vit", (8, 8, 1), dict(depth=2, width=16)),
 ])
 def test_models_build_run_and_expose_kernels(name, shape, kwargs):
   model = models.build(name, shape, 10, **kwargs)
   spec = model.sparsity_spec()
-  names = [l.name for l in layers.layout(nnx.state(model, nnx.Param), stacked=spec.stacked)]
+  names = [l.name for l in layers.model_layout(model)]
   assert spec.ends[0] in names and spec.ends[1] in names
   out = nnx.jit(lambda m, x: m(x))(model, jnp.ones((2,) + shape))
   assert out.shape == (2, 10)
@@ -120,6 +121,19 @@ def test_masked_weights_stay_zero_through_training(tmp_path, init):
     assert rows["hidden_layers/kernel"] == 0.25 and rows["input_layer/kernel"] == 1.0
   else:
     assert (density == 1.0) if init == "dense" else abs(density - 0.25) < 0.02
+
+
+def test_sparse_vit_learns_the_digits(tmp_path):
+  """The digits_vit preset: EOI attention, MLP and patch kernels at 25%, trained
+  with AdamW; masked entries stay zero."""
+  result = train_and_evaluate(make_config("digits_vit", epochs=5, quiet=True, devices=1,
+                                          checkpoint=False, run_dir=str(tmp_path / "vit")))
+  assert result.summary["test_accuracy"] > 0.6  # chance: 0.1
+  assert abs(result.sparsity.density - 0.25) < 0.01
+  query = result.state.params["blocks"]["attention"]["query"]["kernel"]
+  mask = result.state.masks["blocks"]["attention"]["query"]["kernel"]
+  assert query.shape == mask.shape == (2, 32, 4, 8)
+  assert np.all(np.asarray(query)[~np.asarray(mask)] == 0)
 
 
 def test_sharded_step_matches_single_device(tmp_path):

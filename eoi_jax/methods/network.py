@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from eoi_jax import givens, kinds, summary
-from eoi_jax.layers import Layout, named_leaves, path_name
+from eoi_jax.layers import Layout, named_leaves, path_name, placed_like
 
 
 class SparseInit(NamedTuple):
@@ -154,16 +154,17 @@ def regenerate_layers(key, params, layout: Layout, generate: Generate, *, bias_s
   biases = sorted({_bias_name(name) for name in layout.names} & present)
   bias_index = {name: i for i, name in enumerate(biases)}
 
-  def new_leaf(path, leaf):
-    name = path_name(path)
+  def drawn(name, leaf):
     if name in kernels:
       return kernels[name]
-    if name in bias_index:
-      if not bias_std:  # N(0, 0): zeros, without a draw to compile
-        return jax.device_put(np.zeros(jnp.shape(leaf), leaf.dtype))
-      noise = jax.random.normal(jax.random.fold_in(bias_key, bias_index[name]), jnp.shape(leaf))
-      return (bias_std * noise).astype(leaf.dtype)
-    return leaf
+    if not bias_std:  # N(0, 0): zeros, without a draw to compile
+      return jax.device_put(np.zeros(jnp.shape(leaf), leaf.dtype))
+    noise = jax.random.normal(jax.random.fold_in(bias_key, bias_index[name]), jnp.shape(leaf))
+    return (bias_std * noise).astype(leaf.dtype)
+
+  def new_leaf(path, leaf):  # new leaves keep a sharded model's shardings
+    name = path_name(path)
+    return placed_like(leaf, drawn(name, leaf)) if name in kernels or name in bias_index else leaf
 
   new_params = jax.tree_util.tree_map_with_path(new_leaf, params)
   mask_tree = layout.map(lambda layer, leaf: masks[layer.name], params) if masks else None

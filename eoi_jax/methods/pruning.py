@@ -8,7 +8,8 @@ they work with any model, e.g. for NNX:
 
   >>> graphdef, params, rest = nnx.split(model, nnx.Param, ...)
   >>> apply_fn = lambda p, x: nnx.merge(graphdef, p, rest)(x)
-  >>> masks = snip(params, apply_fn, (x, y), 0.1)
+  >>> masks = snip(params, apply_fn, (x, y), 0.1)  # y: int labels or one-hot
+  >>> masks = snip(params, apply_fn, (x, t), 0.1, loss_fn=lambda out, t: ((out - t)**2).mean())
 
 The per-layer densities a method realises can then be regenerated with EOI
 ("method + EOI"): ``eoi_params(key, params, mask_densities(params, masks))``.
@@ -44,61 +45,96 @@ def _maskable(params, filter, stacked, layout) -> Layout:
   return layout
 
 
-def _cross_entropy(logits, labels):
-  return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+def classification_loss(logits, targets):
+  """Mean softmax cross-entropy: integer class labels ``(batch,)`` or
+  one-hot / soft targets of ``logits``' shape. The default ``loss_fn`` of
+  :func:`snip` and :func:`grasp`."""
+  if jnp.issubdtype(targets.dtype, jnp.integer):
+    if targets.shape != logits.shape[:-1]:
+      raise ValueError(f"integer labels must have shape {logits.shape[:-1]} (one per example), "
+                       f"got {targets.shape}; pass loss_fn for other targets")
+    return optax.softmax_cross_entropy_with_integer_labels(logits, targets).mean()
+  if jnp.issubdtype(targets.dtype, jnp.floating) and targets.shape == logits.shape:
+    return optax.softmax_cross_entropy(logits, targets).mean()
+  raise TypeError(f"targets must be integer labels of shape {logits.shape[:-1]} or one-hot "
+                  f"floats of shape {logits.shape}, got {targets.dtype}{list(targets.shape)}; "
+                  "pass loss_fn=(outputs, targets) -> scalar for other losses (e.g. "
+                  "regression)")
 
 
-def snip(params, apply_fn, batch, density, *, filter: Filter | None = None,
+def check_loss_fn(loss_fn):
+  """``loss_fn`` or the default :func:`classification_loss`."""
+  if loss_fn is None:
+    return classification_loss
+  if not callable(loss_fn):
+    raise TypeError(f"loss_fn must be a callable (outputs, targets) -> scalar, got {loss_fn!r}")
+  return loss_fn
+
+
+def check_batch(batch):
+  if not (isinstance(batch, (tuple, list)) and len(batch) == 2):
+    raise TypeError(f"batch must be a pair (inputs, targets), got {type(batch).__name__}")
+  return tuple(batch)
+
+
+def snip(params, apply_fn, batch, density, *, loss_fn=None, filter: Filter | None = None,
          stacked: Stacked = None, layout: Layout | None = None):
   """SNIP masks: keep the ``density`` share of entries with the largest ``|g * w|``.
 
   Args:
     params: params tree.
-    apply_fn: ``(params, x) -> logits``.
-    batch: ``(x, labels)``; the paper uses one batch of 128.
+    apply_fn: ``(params, x) -> outputs``.
+    batch: ``(inputs, targets)``; the paper uses one batch of 128.
     density: overall density of the maskable layers, in (0, 1].
+    loss_fn: ``(outputs, targets) -> scalar``; default
+      :func:`classification_loss` (integer labels or one-hot targets).
     filter, stacked, layout: as in :func:`eoi_jax.layers.resolve`.
 
   Returns:
     A mask tree.
   """
-  return snip_network(params, apply_fn, batch, _validation.check_density(density),
-                      _maskable(params, filter, stacked, layout))
+  return snip_network(params, apply_fn, check_batch(batch), _validation.check_density(density),
+                      _maskable(params, filter, stacked, layout), check_loss_fn(loss_fn))
 
 
-def snip_network(params, apply_fn, batch, d: float, layout: Layout):
+def snip_network(params, apply_fn, batch, d: float, layout: Layout,
+                 loss_fn=classification_loss):
   """:func:`snip` on checked arguments."""
 
   @jax.jit
   def scores(params, x, y):
-    grads = jax.grad(lambda p: _cross_entropy(apply_fn(p, x), y))(params)
+    grads = jax.grad(lambda p: loss_fn(apply_fn(p, x), y))(params)
     return layout.flatten(jax.tree.map(lambda g, w: jnp.abs(g * w), grads, params))
 
   keep = keep_top(scores(params, *batch), count_for_density(d, layout.total_size))
   return layout.unflatten(keep, params)
 
 
-def grasp(params, apply_fn, batch, density, *, temperature: float = 200.0,
+def grasp(params, apply_fn, batch, density, *, temperature: float = 200.0, loss_fn=None,
           filter: Filter | None = None, stacked: Stacked = None, layout: Layout | None = None):
   """GraSP masks: keep the ``density`` share with the smallest ``-w * (H g)``.
 
-  ``g`` is the gradient of the cross-entropy of ``logits / temperature`` and
-  ``H g`` its Hessian-gradient product (forward-over-reverse: the JVP of the
-  gradient along ``g``).
+  ``g`` is the gradient of ``loss_fn(outputs / temperature, targets)`` (the
+  paper: cross-entropy at temperature 200) and ``H g`` its Hessian-gradient
+  product (forward-over-reverse: the JVP of the gradient along ``g``).
+  Arguments as for :func:`snip`.
   """
   d = _validation.check_density(density)
-  if not temperature > 0:
-    raise ValueError(f"temperature must be > 0, got {temperature}")
-  return grasp_network(params, apply_fn, batch, d, _maskable(params, filter, stacked, layout),
-                       temperature)
+  temperature = _validation.check_non_negative(temperature, "temperature")
+  if temperature == 0:
+    raise ValueError("temperature must be > 0, got 0")
+  return grasp_network(params, apply_fn, check_batch(batch), d,
+                       _maskable(params, filter, stacked, layout), temperature,
+                       check_loss_fn(loss_fn))
 
 
-def grasp_network(params, apply_fn, batch, d: float, layout: Layout, temperature=200.0):
+def grasp_network(params, apply_fn, batch, d: float, layout: Layout, temperature=200.0,
+                  loss_fn=classification_loss):
   """:func:`grasp` on checked arguments."""
 
   @jax.jit
   def scores(params, x, y):
-    loss = lambda p: _cross_entropy(apply_fn(p, x) / temperature, y)
+    loss = lambda p: loss_fn(apply_fn(p, x) / temperature, y)
     grad_fn = jax.grad(loss)
     g = jax.lax.stop_gradient(grad_fn(params))
     _, hg = jax.jvp(grad_fn, (params,), (g,))

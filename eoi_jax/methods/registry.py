@@ -66,6 +66,7 @@ class Request(NamedTuple):
   ends: tuple[str, ...]
   apply_fn: Callable | None
   batch: object
+  loss_fn: Callable
   input_shape: tuple | None
   eoi: EOIOptions
   ai_steps: int
@@ -129,9 +130,13 @@ def _pruned(name: str):
                                       request.layout, float64=request.synflow_float64)
     else:
       if request.batch is None:
-        raise ValueError(f"method {name!r} needs batch=(x, labels)")
-      prune = pruning.snip_network if name == "snip" else pruning.grasp_network
-      masks = prune(values, request.apply_fn, request.batch, request.density, request.layout)
+        raise ValueError(f"method {name!r} needs batch=(inputs, targets)")
+      if name == "snip":
+        masks = pruning.snip_network(values, request.apply_fn, request.batch, request.density,
+                                     request.layout, request.loss_fn)
+      else:
+        masks = pruning.grasp_network(values, request.apply_fn, request.batch, request.density,
+                                      request.layout, loss_fn=request.loss_fn)
     return Masked(masking.apply_masks(values, masks), masks, None)
   return make
 
@@ -222,8 +227,8 @@ def parse(method: str) -> Method:
 
 
 def initialize(method: str, key, params, density, *, apply_fn: Callable | None = None,
-               batch=None, input_shape: Sequence[int] | None = None,
-               allocator: str = "uniform", ends: Sequence[str] = (), gain=1.0, bias_std=0.0,
+               batch=None, loss_fn: Callable | None = None,
+               input_shape: Sequence[int] | None = None, allocator: str = "uniform", ends: Sequence[str] = (), gain=1.0, bias_std=0.0,
                center_density=None, structured: bool = False, ai_steps: int = 10_000,
                ai_learning_rate=0.1, sao_degree: int | None = None,
                synflow_float64: bool = False, filter: Filter | None = None,
@@ -237,7 +242,10 @@ def initialize(method: str, key, params, density, *, apply_fn: Callable | None =
     density: overall density of the maskable layers, in (0, 1].
     apply_fn: ``(params, x) -> logits``; needed by ``snip``, ``grasp`` and
       ``synflow``.
-    batch: ``(x, labels)`` scored by ``snip`` and ``grasp``.
+    batch: ``(inputs, targets)`` scored by ``snip`` and ``grasp``.
+    loss_fn: ``(outputs, targets) -> scalar`` for ``snip`` and ``grasp``
+      (default: cross-entropy on integer labels or one-hot targets,
+      :func:`eoi_jax.methods.pruning.classification_loss`).
     input_shape: one example's shape, for ``synflow`` (default
       ``batch[0].shape[1:]``).
     allocator: per-layer densities for ``eoi``, ``random`` and ``ai``
@@ -283,7 +291,8 @@ def initialize(method: str, key, params, density, *, apply_fn: Callable | None =
       allocator=allocator,
       ends=tuple(ends),
       apply_fn=apply_fn,
-      batch=batch,
+      batch=None if batch is None else pruning.check_batch(batch),
+      loss_fn=pruning.check_loss_fn(loss_fn),
       input_shape=None if input_shape is None else tuple(input_shape),
       eoi=EOIOptions.checked(gain, bias_std, center_density, structured),
       ai_steps=int(ai_steps),

@@ -72,6 +72,11 @@ PRESETS = {
                              epochs=200, activation="relu"),
     "cifar10_vgg16": dict(dataset="cifar10", model="vgg16", density=0.1, lr=0.1, epochs=200,
                           activation="relu"),
+    # A sparse Vision Transformer (EOI attention, MLP and patch kernels) on
+    # the 8x8 digits, in well under a minute on a CPU.
+    "digits_vit": dict(dataset="digits", model="vit", depth=2, width=32, density=0.25,
+                       optimizer="adamw", lr=3e-3, weight_decay=1e-4, schedule="cosine",
+                       epochs=15, batch_size=64),
     # Seconds-long end-to-end run on the 8x8 digits.
     "digits_smoke": dict(dataset="digits", depth=4, width=64, density=0.25, lr=0.05, epochs=3,
                          batch_size=64),

@@ -19,6 +19,11 @@ Models (``build(name, ...)``):
     channels, batch norm, 1x1 conv shortcuts when shapes change).
   * ``vgg16``: VGG-16 variant C (1x1 convs as the third conv of stages 3-5)
     with batch norm and a linear head.
+  * ``vit``: a small Vision Transformer (patch embedding conv, pre-norm
+    blocks of ``nnx.MultiHeadAttention`` and a GELU MLP created with
+    ``nnx.vmap`` and run with ``nnx.scan``, mean-pooled tokens, linear head):
+    attention kernels ``(in, heads, head_dim)`` and ``(heads, head_dim,
+    out)`` and a stack axis, read by :func:`eoi_jax.layers.model_layout`.
 """
 
 from __future__ import annotations
@@ -266,6 +271,63 @@ class VGG(nnx.Module):
     return SparsitySpec({}, ("layers/0/conv/kernel", "head/kernel"))
 
 
+class EncoderBlock(nnx.Module):
+  """Pre-norm transformer block: self-attention and a GELU MLP, both residual."""
+
+  def __init__(self, dim: int, heads: int, mlp_dim: int, *, rngs: nnx.Rngs):
+    self.attention_norm = nnx.LayerNorm(dim, rngs=rngs)
+    self.attention = nnx.MultiHeadAttention(num_heads=heads, in_features=dim, decode=False,
+                                            rngs=rngs)
+    self.mlp_norm = nnx.LayerNorm(dim, rngs=rngs)
+    self.mlp_in = nnx.Linear(dim, mlp_dim, rngs=rngs)
+    self.mlp_out = nnx.Linear(mlp_dim, dim, rngs=rngs)
+
+  def __call__(self, x):
+    x = x + self.attention(self.attention_norm(x))
+    return x + self.mlp_out(jax.nn.gelu(self.mlp_in(self.mlp_norm(x))))
+
+
+class ViT(nnx.Module):
+  """Vision Transformer: ``patch x patch`` patches embedded by a strided conv,
+  learned position embeddings, ``depth`` encoder blocks in one stack
+  (``nnx.vmap`` to create, ``nnx.scan`` to run), mean pooling, linear head."""
+
+  def __init__(self, image_shape, num_classes: int, *, depth: int = 4, dim: int = 64,
+               heads: int = 4, patch: int = 2, rngs: nnx.Rngs):
+    h, w, c = image_shape
+    if h % patch or w % patch:
+      raise ValueError(f"vit: patch size {patch} must divide the image size {h}x{w}")
+    if dim % heads:
+      raise ValueError(f"vit: heads ({heads}) must divide width ({dim})")
+    self.embed = nnx.Conv(c, dim, (patch, patch), strides=(patch, patch), padding="VALID",
+                          rngs=rngs)
+    self.position = nnx.Param(0.02 * jax.random.normal(rngs.params(),
+                                                       ((h // patch) * (w // patch), dim)))
+
+    @nnx.split_rngs(splits=depth)
+    @nnx.vmap(in_axes=(0,), out_axes=0)
+    def make(rngs):
+      return EncoderBlock(dim, heads, 4 * dim, rngs=rngs)
+
+    self.blocks = make(rngs)
+    self.norm = nnx.LayerNorm(dim, rngs=rngs)
+    self.head = nnx.Linear(dim, num_classes, rngs=rngs)
+
+  def __call__(self, x):
+    x = self.embed(x)
+    x = x.reshape(x.shape[0], -1, x.shape[-1]) + self.position[...]
+
+    @nnx.scan(in_axes=(0, nnx.Carry), out_axes=nnx.Carry)
+    def run(block, x):
+      return block(x)
+
+    x = run(self.blocks, x)
+    return self.head(self.norm(x).mean(axis=1))
+
+  def sparsity_spec(self) -> SparsitySpec:
+    return SparsitySpec({}, ("embed/kernel", "head/kernel"))
+
+
 def _mlp(image_shape, num_classes, depth, width, activation_name, rngs):
   h, w, c = image_shape
   return MLP(h * w * c, num_classes, depth=depth or 7, width=width or 100,
@@ -291,6 +353,13 @@ def _vgg16(image_shape, num_classes, depth, width, activation_name, rngs):
   return VGG(image_shape[-1], num_classes, activation_name=activation_name or "relu", rngs=rngs)
 
 
+def _vit(image_shape, num_classes, depth, width, activation_name, rngs):
+  if activation_name not in (None, "gelu"):
+    raise ValueError(f"vit uses GELU; activation must be unset, got {activation_name!r}")
+  return ViT(image_shape, num_classes, depth=depth or 4, dim=width or 64,
+             patch=2 if image_shape[0] <= 32 else 4, rngs=rngs)
+
+
 MODELS = {
     "mlp": _mlp,
     "deep_cnn": _deep_cnn,
@@ -298,6 +367,7 @@ MODELS = {
     "resnet56": _resnet(56),
     "resnet110": _resnet(110),
     "vgg16": _vgg16,
+    "vit": _vit,
 }
 """Models by name: ``(image_shape, num_classes, depth, width, activation_name, rngs) -> model``."""
 
@@ -310,7 +380,8 @@ def build(name: str, image_shape, num_classes: int, *, depth: int | None = None,
     name: one of :data:`MODELS`.
     image_shape: input ``(H, W, C)``.
     num_classes: outputs.
-    depth, width: for ``mlp`` and ``deep_cnn`` (defaults 7 x 100 and 10 x 128).
+    depth, width: for ``mlp``, ``deep_cnn`` and ``vit`` (defaults 7 x 100,
+      10 x 128 and 4 blocks x 64).
     activation_name: one of :data:`ACTIVATIONS` (default tanh for the plain
       networks, relu for ResNet and VGG).
     seed: parameter seed of the model's own initialisation.
