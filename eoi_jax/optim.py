@@ -77,15 +77,20 @@ def static_sparse(inner: optax.GradientTransformation, masks) -> optax.GradientT
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
+# The factories never branch on learning_rate or weight_decay, so both may be
+# arrays in the optimizer state (optax.inject_hyperparams): runs with their own
+# values then share one transform (eoi_jax.training.multirun). A zero decay
+# adds 0 * w: the same updates as none.
+
+
 def _sgd(learning_rate, momentum, nesterov, weight_decay):
-  l2 = [optax.add_decayed_weights(weight_decay)] if weight_decay else []
-  return optax.chain(*l2, optax.sgd(learning_rate, momentum=momentum or None,
-                                    nesterov=nesterov and bool(momentum)))
+  return optax.chain(optax.add_decayed_weights(weight_decay),
+                     optax.sgd(learning_rate, momentum=momentum or None,
+                               nesterov=nesterov and bool(momentum)))
 
 
 def _adam(learning_rate, momentum, nesterov, weight_decay):
-  l2 = [optax.add_decayed_weights(weight_decay)] if weight_decay else []
-  return optax.chain(*l2, optax.adam(learning_rate))
+  return optax.chain(optax.add_decayed_weights(weight_decay), optax.adam(learning_rate))
 
 
 def _adamw(learning_rate, momentum, nesterov, weight_decay):

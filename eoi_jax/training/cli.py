@@ -1,4 +1,4 @@
-"""Command-line interface: ``eoi-jax train ...`` and ``eoi-jax data ...``.
+"""Command-line interface: ``eoi-jax train``, ``sweep``, ``report`` and ``data``.
 
 Examples:
   eoi-jax data fetch mnist
@@ -6,6 +6,8 @@ Examples:
   eoi-jax train --config mnist_mlp --devices 8            # 8 devices (simulated on CPU)
   eoi-jax train --config my_config.json --lr 0.05
   python -m eoi_jax train --config digits_smoke
+  eoi-jax sweep --config digits_smoke --grid grid.json --sweep-dir sweeps/demo
+  eoi-jax report sweeps/demo
 
 Multi-process (each process runs the same command with its own --process-id):
   eoi-jax train --config mnist_mlp --coordinator 127.0.0.1:12345 --num-processes 2 \\
@@ -31,17 +33,46 @@ def _flag(name: str) -> str:
 def _train_parser(sub):
   parser = sub.add_parser("train", help="train a model with a sparse initialisation",
                           description="Train with a preset or JSON config plus overrides.")
-  parser.add_argument("--config", default="mnist_mlp",
-                      help=f"preset ({', '.join(sorted(PRESETS))}) or a JSON file")
-  for field in dataclasses.fields(Config):
-    parser.add_argument(_flag(field.name), dest=field.name, default=None, metavar="VALUE",
-                        help=f"override {field.name} (default {field.default!r})")
+  _config_arguments(parser)
   group = parser.add_argument_group("multi-process (jax.distributed)")
   group.add_argument("--coordinator", help="address:port of process 0, e.g. 127.0.0.1:12345")
   group.add_argument("--num-processes", type=int)
   group.add_argument("--process-id", type=int)
   group.add_argument("--local-devices", type=int,
                      help="CPU devices this process simulates (sets jax_num_cpu_devices)")
+
+
+def _config_arguments(parser):
+  parser.add_argument("--config", default="mnist_mlp",
+                      help=f"preset ({', '.join(sorted(PRESETS))}) or a JSON file")
+  for field in dataclasses.fields(Config):
+    parser.add_argument(_flag(field.name), dest=field.name, default=None, metavar="VALUE",
+                        help=f"override {field.name} (default {field.default!r})")
+
+
+def _sweep_parser(sub):
+  parser = sub.add_parser(
+      "sweep", help="train a grid of runs, many per step, resumable",
+      description="Expand a grid over a base config, train the runs not yet finished (runs "
+                  "of one architecture side by side in one vmapped step) and write "
+                  "results.csv, table.md and figures.")
+  parser.add_argument("--grid", required=True,
+                      help='JSON file: {"grid": {field: [values]}, "base": preset, '
+                           '"overrides": {...}} or just the grid')
+  parser.add_argument("--sweep-dir", required=True, help="the sweep's directory")
+  parser.add_argument("--max-runs-per-step", type=int,
+                      help="at most this many runs in one step (bounds memory)")
+  parser.add_argument("--no-figures", action="store_true", help="tables only")
+  _config_arguments(parser)
+  parser.add_argument("--local-devices", type=int,
+                      help="CPU devices to simulate (sets jax_num_cpu_devices)")
+  parser.set_defaults(coordinator=None)
+
+
+def _report_parser(sub):
+  parser = sub.add_parser("report", help="tables and figures from a run or sweep directory")
+  parser.add_argument("directory")
+  parser.add_argument("--no-figures", action="store_true", help="tables only")
 
 
 def _data_parser(sub):
@@ -70,6 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
   parser = _Parser(prog="eoi-jax", description=__doc__.split("\n")[0])
   sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
   _train_parser(sub)
+  _sweep_parser(sub)
+  _report_parser(sub)
   _data_parser(sub)
   return parser
 
@@ -86,7 +119,7 @@ def _setup_jax(args):
     wanted = int(args.devices)  # on CPU, simulate as many devices as asked for
   if wanted is not None and os.environ.get("JAX_PLATFORMS", "cpu") in ("", "cpu"):
     jax.config.update("jax_num_cpu_devices", int(wanted))
-  if args.coordinator:
+  if getattr(args, "coordinator", None):
     if args.num_processes is None or args.process_id is None:
       raise ValueError("--coordinator needs --num-processes and --process-id")
     if os.environ.get("JAX_PLATFORMS", "cpu") in ("", "cpu"):
@@ -99,11 +132,7 @@ def _setup_jax(args):
 def _run_train(args) -> int:
   from eoi_jax.training.config import make_config
 
-  overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(Config)
-               if getattr(args, f.name) is not None}
-  if os.environ.get("CI") and "quiet" not in overrides:
-    overrides["quiet"] = "true"
-  config = make_config(args.config, **overrides)
+  config = make_config(args.config, **_overrides(args))
   _setup_jax(args)
   from eoi_jax.training.train import train_and_evaluate
 
@@ -115,6 +144,41 @@ def _run_train(args) -> int:
     print(f"test accuracy: {shown}")
     print(f"run outputs: {summary['run_dir']}")
     print(json.dumps(summary))
+  return 0
+
+
+def _overrides(args) -> dict:
+  overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(Config)
+               if getattr(args, f.name) is not None}
+  if os.environ.get("CI") and "quiet" not in overrides:
+    overrides["quiet"] = "true"
+  return overrides
+
+
+def _run_sweep(args) -> int:
+  from eoi_jax.training import sweep
+  from eoi_jax.training.config import make_config
+
+  preset, file_overrides, grid = sweep.load_grid_file(args.grid)
+  overrides = {**file_overrides, **_overrides(args)}
+  quiet = str(overrides.pop("quiet", "false")).lower() in ("1", "true", "yes", "on")
+  base = make_config(preset if preset and args.config == "mnist_mlp" else args.config,
+                     **overrides)
+  sweep.expand(base, grid, args.sweep_dir)  # a bad grid fails before JAX starts
+  _setup_jax(args)
+  results = sweep.run_sweep(base, grid, args.sweep_dir, max_runs_per_step=args.max_runs_per_step,
+                            quiet=quiet, figures=not args.no_figures)
+  print(f"results: {results}")
+  print(f"table: {results.parent / 'table.md'}")
+  return 0
+
+
+def _run_report(args) -> int:
+  from eoi_jax.training import report
+
+  results = report.write(args.directory, figures=not args.no_figures)
+  print(f"results: {results}")
+  print((results.parent / "table.md").read_text(), end="")
   return 0
 
 
@@ -139,9 +203,9 @@ def main(argv=None) -> int:
   parser = build_parser()
   args = parser.parse_args(argv)
   try:
-    if args.command == "train":
-      return _run_train(args)
-    return _run_data(args)
+    commands = {"train": _run_train, "sweep": _run_sweep, "report": _run_report,
+                "data": _run_data}
+    return commands[args.command](args)
   except (ValueError, TypeError, FileNotFoundError) as e:
     print(f"eoi-jax: error: {e}", file=sys.stderr)
     return 2

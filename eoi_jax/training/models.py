@@ -15,7 +15,7 @@ Models (``build(name, ...)``):
   * ``deep_cnn``: the plain deep CNN: conv 3x3 ``in -> width``, two stride-2
     3x3 convs, a scanned stack of 3x3 convs, circular padding, average pool 2,
     linear head; no normalisation, no residuals.
-  * ``resnet32``, ``resnet56``, ``resnet110``: CIFAR ResNets (16/32/64
+  * ``resnet8`` (smoke tests), ``resnet32``, ``resnet56``, ``resnet110``: CIFAR ResNets (16/32/64
     channels, batch norm, 1x1 conv shortcuts when shapes change).
   * ``vgg16``: VGG-16 variant C (1x1 convs as the third conv of stages 3-5)
     with batch norm and a linear head.
@@ -363,6 +363,7 @@ def _vit(image_shape, num_classes, depth, width, activation_name, rngs):
 MODELS = {
     "mlp": _mlp,
     "deep_cnn": _deep_cnn,
+    "resnet8": _resnet(8),
     "resnet32": _resnet(32),
     "resnet56": _resnet(56),
     "resnet110": _resnet(110),

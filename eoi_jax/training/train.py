@@ -202,9 +202,7 @@ def create_train_state(config: Config, info: data.DatasetInfo, init_batch, steps
       center_density=config.center_density, ai_steps=config.ai_steps,
       sao_degree=config.sao_degree)
   nnx.update(model, out.params)
-  schedule = optim.schedule(config.schedule, config.lr, steps_per_epoch * config.epochs)
-  tx = optim.sparse_optimizer(config.optimizer, schedule, out.masks, momentum=config.momentum,
-                              weight_decay=config.weight_decay)
+  tx = make_optimizer(config, out.masks, steps_per_epoch)
   model.train()
   train_graph, params, other = nnx.split(model, nnx.Param, ...)
   model.eval()
@@ -214,6 +212,24 @@ def create_train_state(config: Config, info: data.DatasetInfo, init_batch, steps
   # Fresh buffers: the step donates the state, the model keeps its own.
   state = jax.device_put(jax.tree.map(jnp.array, state), sharding)
   return StepSpec(train_graph, eval_graph, tx, info), state, out.summary
+
+
+def make_optimizer(config: Config, masks, steps_per_epoch: int) -> optax.GradientTransformation:
+  """``config``'s optimizer, masked by :func:`eoi_jax.static_sparse`.
+
+  The learning rate and weight decay are values in the optimizer state
+  (``optax.inject_hyperparams``) and the schedule scales the updates by its
+  shape (the schedule of learning rate 1), so runs that differ in learning
+  rate or weight decay share one transform and train side by side
+  (:mod:`eoi_jax.training.multirun`). The updates are those of
+  ``optim.sparse_optimizer(name, schedule(lr), ...)`` up to rounding.
+  """
+  shape = optim.schedule(config.schedule, 1.0, steps_per_epoch * config.epochs)
+  inner = optax.inject_hyperparams(optim.OPTIMIZERS[config.optimizer],
+                                   static_args=("momentum", "nesterov"))(
+      learning_rate=config.lr, momentum=config.momentum, nesterov=True,
+      weight_decay=config.weight_decay)
+  return optim.static_sparse(optax.chain(inner, optax.scale_by_schedule(shape)), masks)
 
 
 class _Bounded:
@@ -349,6 +365,7 @@ def _run_epochs(config, run, store, spec, state, sparsity, step_fn, eval_fn, zer
     run.write_json("sparsity.json", sparsity.to_dict())
     run.start_log(history)
 
+  wall_start = time.perf_counter()
   steps = train_loader.steps_per_epoch
   progress = Progress(steps * config.epochs, quiet=config.quiet or not is_main,
                       done=start_epoch * steps)
@@ -403,8 +420,18 @@ def _run_epochs(config, run, store, spec, state, sparsity, step_fn, eval_fn, zer
     progress.done(f"epoch {epoch + 1}/{config.epochs} train_loss {record['train_loss']:.4f} "
                   f"val_acc {record.get('val_accuracy', float('nan')):.4f} "
                   f"test_acc {record.get('test_accuracy', float('nan')):.4f}")
+  result = run_summary(history, sparsity, run, state, devices=int(mesh.devices.size),
+                       wall_time_s=time.perf_counter() - wall_start)
+  if is_main:
+    run.write_json("summary.json", result)
+  return TrainResult(result, state, sparsity, history)
+
+
+def run_summary(history: list[dict], sparsity, run: RunDir, state: TrainState, *, devices: int,
+                wall_time_s: float) -> dict:
+  """The ``summary.json`` record of a run (``test_accuracy`` first)."""
   last = history[-1] if history else {}
-  result = {
+  return {
       "test_accuracy": last.get("test_accuracy"),
       "val_accuracy": last.get("val_accuracy"),
       "best_val_accuracy": max((r["val_accuracy"] for r in history if "val_accuracy" in r),
@@ -413,15 +440,13 @@ def _run_epochs(config, run, store, spec, state, sparsity, step_fn, eval_fn, zer
       "epochs_done": len(history),
       "density": sparsity.density,
       "run_dir": str(run.path.absolute()),
-      "devices": int(mesh.devices.size),
+      "devices": devices,
       "processes": jax.process_count(),
+      "wall_time_s": wall_time_s,
       "params_l2": float(jnp.sqrt(sum(jnp.sum(jnp.square(p))
                                        for p in jax.tree.leaves(state.params)))),
       "params_fingerprint": [int(v) for v in jax.device_get(fingerprint(state.params))],
   }
-  if is_main:
-    run.write_json("summary.json", result)
-  return TrainResult(result, state, sparsity, history)
 
 
 def _learning_rate(config: Config, steps_per_epoch: int, step: int) -> float:

@@ -1,0 +1,322 @@
+"""Many runs of one architecture trained side by side in one jitted step.
+
+Runs that differ only in what :data:`PER_RUN_FIELDS` lists (seed,
+initialisation method and its options, density, learning rate, weight decay,
+run directory) share a model graph and an optimizer structure, so their
+states stack along a leading *run axis* and :func:`eoi_jax.training.train.train_step`
+runs under ``jax.vmap``: parameters, masks, optimizer state (with each run's
+learning rate and weight decay, see :func:`eoi_jax.training.train.make_optimizer`),
+batch-norm statistics, augmentation keys and each run's own data order. The
+run axis is sharded over the devices (a ``runs`` mesh axis over the largest
+number of devices that divides the number of runs), so the runs need no
+communication. A step of a small or latency-bound network (the 1000-layer
+MLP on a GPU) then costs little more for many runs than for one.
+
+Each run keeps its own run directory, exactly as a run trained alone writes
+it (config, per-epoch metrics, sparsity, checkpoints, summary), and ends
+equal to it up to floating-point reassociation. A group resumes from its
+runs' checkpoints when all of them hold the same last epoch; otherwise it
+starts over (a kill loses at most the runs in flight). A run whose loss
+becomes NaN or infinite stops logging and is reported as diverged; the
+others go on.
+
+Example:
+  >>> configs = [make_config("digits_smoke", seed=s, run_dir=f"runs/s{s}") for s in range(4)]
+  >>> results = train_runs(configs)
+  >>> [r.summary["test_accuracy"] for r in results]
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from eoi_jax.training import data
+from eoi_jax.training import train as train_lib
+from eoi_jax.training.checkpoints import CheckpointStore, NoGoodCheckpoint
+from eoi_jax.training.config import Config
+from eoi_jax.training.progress import Progress
+from eoi_jax.training.rundir import RunDir
+
+PER_RUN_FIELDS = frozenset({
+    "seed", "init", "density", "allocator", "gain", "bias_std", "center_density", "ai_steps",
+    "sao_degree", "lr", "weight_decay", "run_dir", "resume", "quiet", "log_every", "jacobian",
+})
+"""Config fields in which runs trained together may differ; all others
+(dataset, model, depth, width, activation, optimizer, schedule, momentum,
+epochs, batch size, devices, ...) they must share."""
+
+
+def group_key(config: Config) -> tuple:
+  """Runs with equal keys can train in one step (the fields outside
+  :data:`PER_RUN_FIELDS`)."""
+  return tuple((k, repr(v)) for k, v in sorted(dataclasses.asdict(config).items())
+               if k not in PER_RUN_FIELDS)
+
+
+def _check_group(configs) -> None:
+  if not configs:
+    raise ValueError("train_runs needs at least one config")
+  for c in configs:
+    if not isinstance(c, Config):
+      raise TypeError(f"train_runs takes Config objects, got {type(c).__name__}")
+  first = group_key(configs[0])
+  for c in configs[1:]:
+    if group_key(c) != first:
+      differ = sorted(k for k, v in dataclasses.asdict(c).items()
+                      if k not in PER_RUN_FIELDS and getattr(configs[0], k) != v)
+      raise ValueError(f"runs trained together must share every field but "
+                       f"{sorted(PER_RUN_FIELDS)}; {c.run_dir} differs in {differ}")
+  dirs = [str(c.run_dir) for c in configs]
+  if len(set(dirs)) != len(dirs):
+    raise ValueError(f"each run needs its own run_dir, got {dirs}")
+  if jax.process_count() > 1:
+    raise ValueError("train_runs runs in one process; spread a sweep over processes by "
+                     "giving each its own share of the runs")
+
+
+def runs_mesh(num_runs: int, num_devices: int | None = None) -> jax.sharding.Mesh:
+  """A 1-D ``runs`` mesh over the largest number of the first devices (at most
+  ``num_devices``) that divides ``num_runs``."""
+  available = len(jax.devices()) if num_devices is None else min(num_devices,
+                                                                 len(jax.devices()))
+  size = max(d for d in range(1, available + 1) if num_runs % d == 0)
+  return jax.sharding.Mesh(np.array(jax.devices()[:size]), ("runs",))
+
+
+@functools.partial(jax.jit, static_argnames=("batch_size", "sharding"))
+def _gather_runs(images, labels, orders, start, batch_size, sharding):
+  """Each run's batch: ``orders`` is ``(runs, length)``; returns a
+  :class:`~eoi_jax.training.data.Batch` with a leading run axis."""
+  idx = jax.lax.dynamic_slice_in_dim(orders, start, batch_size, axis=1)
+  valid = idx >= 0
+  safe = jnp.where(valid, idx, 0)
+  batch = data.Batch(images[safe], labels[safe], valid.astype(jnp.float32))
+  return jax.lax.with_sharding_constraint(batch, data.Batch(sharding, sharding, sharding))
+
+
+class RunsLoader:
+  """The training batches of several runs, each in its own seed's order
+  (exactly the batches :class:`eoi_jax.training.data.Loader` gives that run
+  alone), stacked along a run axis sharded over ``mesh``'s ``runs`` axis."""
+
+  def __init__(self, split, batch_size: int, seeds, mesh):
+    self.loaders = [data.Loader(split, batch_size, _one_device_mesh(), train=True, seed=s)
+                    for s in seeds]
+    self.batch_size = batch_size
+    self.steps_per_epoch = self.loaders[0].steps_per_epoch
+    self.sharding = jax.sharding.NamedSharding(mesh, jax.P("runs"))
+    replicated = jax.sharding.NamedSharding(mesh, jax.P())
+    self._images = jax.device_put(split.images, replicated)
+    self._labels = jax.device_put(split.labels.astype(np.int32), replicated)
+
+  def epoch(self, epoch: int):
+    length = self.steps_per_epoch * self.batch_size
+    orders = jnp.asarray(np.stack([l._order(epoch, length) for l in self.loaders]), jnp.int32)
+    for step in range(self.steps_per_epoch):
+      yield _gather_runs(self._images, self._labels, orders, step * self.batch_size,
+                         self.batch_size, self.sharding)
+
+
+def _one_device_mesh():
+  return jax.sharding.Mesh(np.array(jax.devices()[:1]), ("data",))
+
+
+def _stack(trees):
+  return jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
+
+
+def _unstack(tree, i: int):
+  return jax.tree.map(lambda x: x[i], tree)
+
+
+def _same_structure(states, configs) -> None:
+  first = jax.tree.structure(states[0])
+  shapes = [jax.tree.map(lambda x: (x.shape, x.dtype), s) for s in states]
+  for s, shape, c in zip(states[1:], shapes[1:], configs[1:]):
+    if jax.tree.structure(s) != first or shape != shapes[0]:
+      raise ValueError(f"run {c.run_dir} (init={c.init!r}) has a training state of another "
+                       f"structure than run {configs[0].run_dir} (init={configs[0].init!r}); "
+                       "train them in separate groups")
+
+
+def train_runs(configs, *, dataset: data.Dataset | None = None,
+               stop_after_epoch: int | None = None,
+               progress_label: str = "step") -> list[train_lib.TrainResult]:
+  """Trains several runs of one architecture together (see the module docstring).
+
+  Args:
+    configs: validated :class:`Config` s that differ only in
+      :data:`PER_RUN_FIELDS`, each with its own ``run_dir``.
+    dataset: use these arrays instead of loading ``configs[0].dataset``.
+    stop_after_epoch: stop after this many epochs in all (as an interruption).
+    progress_label: what the progress line counts.
+
+  Returns:
+    A :class:`eoi_jax.training.train.TrainResult` per run, in order.
+
+  Raises:
+    ValueError: configs that cannot share a step, bad input (as for
+      :func:`eoi_jax.training.train.train_and_evaluate`).
+  """
+  configs = list(configs)
+  _check_group(configs)
+  base = configs[0]
+  runs = [RunDir(c.run_dir) for c in configs]
+  for run, c in zip(runs, configs):
+    run.check_writable()
+    if c.resume:
+      run.check_config(dataclasses.asdict(c))
+  if dataset is None:
+    dataset = data.load(base.dataset, base.data_dir, val_fraction=base.val_fraction,
+                        limit=base.limit)
+  mesh = runs_mesh(len(configs), base.devices)
+  by_run = jax.sharding.NamedSharding(mesh, jax.P("runs"))
+  replicated = jax.sharding.NamedSharding(mesh, jax.P())
+  loader = RunsLoader(dataset.train, base.batch_size, [c.seed for c in configs], mesh)
+  eval_loaders = {name: data.Loader(split, base.batch_size, _one_device_mesh(), train=False)
+                  for name, split in (("val", dataset.val), ("test", dataset.test)) if len(split)}
+  one = jax.sharding.NamedSharding(_one_device_mesh(), jax.P())
+  built = []
+  for c, run_loader in zip(configs, loader.loaders):
+    first = next(iter(run_loader.epoch(0)))
+    built.append(train_lib.create_train_state(
+        c, dataset.info, (data.normalize(first.images, dataset.info), first.labels),
+        loader.steps_per_epoch, one))
+  spec = built[0][0]
+  states = [b[1] for b in built]
+  _same_structure(states, configs)
+  state = jax.device_put(_stack(states), by_run)
+  sparsities = [b[2] for b in built]
+
+  step_fn = jax.jit(jax.vmap(functools.partial(train_lib.train_step, spec)), donate_argnums=(0,))
+  eval_fn = jax.jit(jax.vmap(functools.partial(train_lib.eval_step, spec), in_axes=(0, None, 0)))
+  zeros = jax.device_put(_stack([train_lib.zero_metrics()] * len(configs)), by_run)
+
+  locked = []
+  stores = []
+  try:
+    for run in runs:
+      locked.append(run.lock())
+    if base.checkpoint:
+      stores = [CheckpointStore(run.path / "checkpoints") for run in runs]
+    return _run_epochs(configs, runs, stores, spec, state, sparsities, step_fn, eval_fn, zeros,
+                       loader, eval_loaders, replicated, stop_after_epoch, progress_label)
+  finally:
+    for store in stores:
+      store.close()
+    for run in locked:
+      run.unlock()
+
+
+def _restore(configs, runs, stores, state):
+  """``(start_epoch, state)`` from the runs' checkpoints when all resume at
+  one epoch; ``(0, state)`` (checkpoints cleared) otherwise."""
+  if not stores or not all(c.resume for c in configs):
+    for store in stores:
+      store.clear()
+    return 0, state
+  restored = []
+  for i, store in enumerate(stores):
+    try:
+      restored.append(store.restore_latest(_unstack(state, i)))
+    except NoGoodCheckpoint:
+      restored.append(None)
+  if all(r is not None for r in restored) and len({r[0] for r in restored}) == 1:
+    return restored[0][0] + 1, jax.device_put(_stack([r[1] for r in restored]), state_sharding(
+        state))
+  for store in stores:
+    store.clear()
+  return 0, state
+
+
+def state_sharding(state):
+  return jax.tree.map(lambda x: x.sharding, state)
+
+
+def _run_epochs(configs, runs, stores, spec, state, sparsities, step_fn, eval_fn, zeros,
+                loader, eval_loaders, replicated, stop_after_epoch, progress_label):
+  base = configs[0]
+  start_epoch, state = _restore(configs, runs, stores, state)
+  histories = [run.history(start_epoch) if start_epoch else [] for run in runs]
+  for run, c, sparsity, history in zip(runs, configs, sparsities, histories):
+    run.write_json("config.json", dataclasses.asdict(c))
+    run.write("sparsity.txt", sparsity.table() + "\n")
+    run.write_json("sparsity.json", sparsity.to_dict())
+    run.start_log(history)
+  steps = loader.steps_per_epoch
+  quiet = all(c.quiet for c in configs)
+  progress = Progress(steps * base.epochs, label=progress_label, quiet=quiet,
+                      done=start_epoch * steps)
+  diverged = [None] * len(configs)  # the epoch each run's loss became non-finite
+  started_all = time.perf_counter()
+  for epoch in range(start_epoch, base.epochs):
+    if stop_after_epoch is not None and epoch >= stop_after_epoch:
+      break
+    sums, bounded = zeros, train_lib._Bounded()
+    started = time.perf_counter()
+    for i, batch in enumerate(loader.epoch(epoch)):
+      state, sums = step_fn(state, batch, sums)
+      bounded.push(sums)
+      if progress.due():
+        host = jax.device_get(sums)
+        losses = host["loss"] / np.maximum(host["count"], 1.0)
+        progress.update(epoch * steps + i + 1, epoch=epoch + 1, runs=len(configs),
+                        loss=float(np.nanmean(losses)))
+    host = jax.device_get(sums)
+    elapsed = time.perf_counter() - started
+    evaluated = {name: _evaluate_runs(eval_fn, state, l, name, zeros, replicated)
+                 for name, l in eval_loaders.items()}
+    step = int(jax.device_get(state.step)[0])
+    for r, (run, c) in enumerate(zip(runs, configs)):
+      if diverged[r] is not None:
+        continue
+      loss = float(host["loss"][r]) / float(host["count"][r])
+      if not np.isfinite(loss):
+        diverged[r] = epoch
+        continue
+      record = {"epoch": epoch, "train_loss": loss,
+                "train_accuracy": float(host["correct"][r]) / float(host["count"][r]),
+                "lr": train_lib._learning_rate(c, steps, step - 1),
+                "step_time_s": elapsed / steps,
+                "examples_per_s": steps * c.batch_size * len(configs) / max(elapsed, 1e-9)}
+      for name in evaluated:
+        record.update(evaluated[name][r])
+      if stores:
+        stores[r].save(epoch, _unstack(state, r))
+      histories[r].append(record)
+      run.log(record, histories[r])
+    progress.done(f"epoch {epoch + 1}/{base.epochs} runs {len(configs)} train_loss "
+                  f"{np.nanmean(host['loss'] / np.maximum(host['count'], 1)):.4f} test_acc "
+                  + " ".join(f"{evaluated['test'][r]['test_accuracy']:.3f}"
+                             for r in range(len(configs)) if "test" in evaluated))
+  wall = time.perf_counter() - started_all
+  results = []
+  for r, (run, c) in enumerate(zip(runs, configs)):
+    run_state = _unstack(state, r)
+    summary = train_lib.run_summary(histories[r], sparsities[r], run, run_state,
+                                    devices=1, wall_time_s=wall / len(configs))
+    if diverged[r] is not None:
+      summary["diverged_at_epoch"] = diverged[r]
+    run.write_json("summary.json", summary)
+    results.append(train_lib.TrainResult(summary, run_state, sparsities[r], histories[r]))
+  return results
+
+
+def _evaluate_runs(eval_fn, state, loader, name, zeros, replicated) -> list[dict]:
+  """Each run's loss and accuracy on ``loader`` (one batch, replicated over
+  the runs' devices, serves all runs)."""
+  bounded = train_lib._Bounded()
+  sums = zeros
+  for batch in loader.epoch(0):
+    sums = bounded.push(eval_fn(state, jax.device_put(batch, replicated), sums))
+  totals = jax.device_get(sums)
+  count = np.maximum(totals["count"], 1.0)
+  return [{f"{name}_loss": float(totals["loss"][r] / count[r]),
+           f"{name}_accuracy": float(totals["correct"][r] / count[r])}
+          for r in range(len(count))]

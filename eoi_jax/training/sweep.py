@@ -1,0 +1,166 @@
+"""Sweeps: a grid of runs over a base config, trained in groups, resumable.
+
+A sweep is a base :class:`~eoi_jax.training.config.Config` and a grid
+``{field: [values]}``; :func:`expand` makes one config per point (the
+cartesian product, in the grid's order), each with its own run directory
+``SWEEP_DIR/runs/<field=value,...>``. :func:`run_sweep` groups the runs that
+can share a step (:func:`eoi_jax.training.multirun.group_key`), splits groups
+into batches of at most ``max_runs_per_step`` runs, trains each batch with
+:func:`eoi_jax.training.multirun.train_runs` and skips every run whose
+directory already holds a finished run of the same full config. Killing a
+sweep loses at most the batch in flight; the same command continues it.
+After each batch, ``results.csv`` and ``table.md`` are rewritten
+(:mod:`eoi_jax.training.report`).
+
+The sweep file (``--grid``) is JSON: ``{"grid": {...}}`` with optional
+``"base"`` (a preset name) and ``"overrides"`` (fields of the base), or just
+the grid mapping.
+
+Example:
+  >>> base = make_config("digits_smoke", epochs=2)
+  >>> run_sweep(base, {"init": ["eoi", "uniform"], "seed": [0, 1]}, "sweeps/demo")
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+import time
+from pathlib import Path
+
+from eoi_jax.training import multirun, report
+from eoi_jax.training.config import Config, validate
+from eoi_jax.training.progress import Progress
+
+
+def _check_grid(base: Config, grid) -> dict:
+  if not isinstance(grid, dict) or not grid:
+    raise ValueError(f"grid must be a non-empty mapping {{field: [values]}}, got {grid!r}")
+  fields = {f.name for f in dataclasses.fields(Config)}
+  out = {}
+  for name, values in grid.items():
+    if name not in fields:
+      raise ValueError(f"grid: unknown field {name!r}; fields: {sorted(fields)}")
+    if name in ("run_dir",):
+      raise ValueError("grid: run_dir is set by the sweep (SWEEP_DIR/runs/...)")
+    if isinstance(values, (str, bytes)) or not hasattr(values, "__iter__"):
+      raise ValueError(f"grid[{name!r}] must be a list of values, got {values!r}")
+    values = list(values)
+    if not values:
+      raise ValueError(f"grid[{name!r}] is empty")
+    out[name] = values
+  return out
+
+
+def run_name(point: dict) -> str:
+  """A run directory name for a grid point: ``field=value,...`` in grid order."""
+  return ",".join(f"{k}={v}" for k, v in point.items()).replace("/", "_").replace(" ", "")
+
+
+def expand(base: Config, grid: dict, sweep_dir) -> list[Config]:
+  """One validated config per point of ``grid`` (cartesian product over ``base``).
+
+  Raises:
+    ValueError: an unknown field, an empty value list, or a point whose config
+      is invalid (names the point).
+  """
+  grid = _check_grid(base, grid)
+  configs = []
+  for values in itertools.product(*grid.values()):
+    point = dict(zip(grid, values))
+    try:
+      config = dataclasses.replace(base, **point,
+                                   run_dir=str(Path(sweep_dir) / "runs" / run_name(point)))
+    except (TypeError, ValueError) as e:
+      raise ValueError(f"grid point {point}: {e}") from None
+    configs.append(config)
+  return configs
+
+
+def finished(config: Config) -> bool:
+  """Whether ``config.run_dir`` holds a finished run of exactly ``config``."""
+  run = Path(config.run_dir)
+  try:
+    saved = json.loads((run / "config.json").read_text())
+    summary = json.loads((run / "summary.json").read_text())
+  except (OSError, ValueError):
+    return False
+  wanted = dataclasses.asdict(config)
+  same = all(saved.get(k) == v for k, v in wanted.items() if k not in ("quiet", "log_every"))
+  return same and summary.get("epochs_done") == config.epochs
+
+
+def batches(configs, max_runs_per_step: int | None) -> list[list[Config]]:
+  """Groups of configs that share a step, each cut to ``max_runs_per_step``."""
+  groups: dict[tuple, list[Config]] = {}
+  for config in configs:
+    groups.setdefault(multirun.group_key(config), []).append(config)
+  out = []
+  for group in groups.values():
+    size = len(group) if max_runs_per_step is None else max_runs_per_step
+    out.extend(group[i:i + size] for i in range(0, len(group), size))
+  return out
+
+
+def run_sweep(base: Config, grid: dict, sweep_dir, *, max_runs_per_step: int | None = None,
+              quiet: bool = False, figures: bool = True) -> Path:
+  """Trains every run of the sweep not yet finished; writes the results.
+
+  Args:
+    base: the base config (its ``run_dir`` is ignored).
+    grid: ``{field: [values]}``.
+    sweep_dir: the sweep's directory (``sweep.json``, ``runs/``, results).
+    max_runs_per_step: at most this many runs in one step (bounds memory);
+      default: every run of a group.
+    quiet: no progress lines.
+    figures: write PNG figures too (needs matplotlib).
+
+  Returns:
+    The path of ``results.csv``.
+  """
+  if max_runs_per_step is not None and (isinstance(max_runs_per_step, bool) or not isinstance(
+      max_runs_per_step, int) or max_runs_per_step < 1):
+    raise ValueError(f"max_runs_per_step must be a positive int, got {max_runs_per_step!r}")
+  sweep_dir = Path(sweep_dir)
+  base = dataclasses.replace(base, quiet=True)
+  validate(base)
+  configs = expand(base, grid, sweep_dir)
+  sweep_dir.mkdir(parents=True, exist_ok=True)
+  (sweep_dir / "sweep.json").write_text(json.dumps(
+      {"base": dataclasses.asdict(base), "grid": _check_grid(base, grid)}, indent=2) + "\n")
+  todo = [c for c in configs if not finished(c)]
+  progress = Progress(len(configs), label="run", quiet=quiet, done=len(configs) - len(todo),
+                      interval=30.0)
+  if not quiet:
+    progress.done(f"sweep {sweep_dir}: {len(configs)} runs, {len(configs) - len(todo)} done, "
+                  f"{len(todo)} to train")
+  done = len(configs) - len(todo)
+  for batch in batches(todo, max_runs_per_step):
+    started = time.perf_counter()
+    multirun.train_runs([dataclasses.replace(c, quiet=quiet) for c in batch],
+                        progress_label=f"step (runs {done + 1}-{done + len(batch)})")
+    done += len(batch)
+    report.write(sweep_dir, figures=False)
+    progress.update(done)
+    if not quiet:
+      progress.done(f"{done}/{len(configs)} runs done ({len(batch)} in "
+                    f"{time.perf_counter() - started:.0f} s)")
+  return report.write(sweep_dir, figures=figures)
+
+
+def load_grid_file(path) -> tuple[str | None, dict, dict]:
+  """``(base preset or None, overrides, grid)`` from a sweep file (module docstring)."""
+  try:
+    spec = json.loads(Path(path).read_text())
+  except OSError as e:
+    raise ValueError(f"grid: cannot read {path} ({e.strerror})") from None
+  except ValueError as e:
+    raise ValueError(f"grid: {path} is not valid JSON ({e})") from None
+  if isinstance(spec, dict) and "grid" in spec:
+    unknown = set(spec) - {"grid", "base", "overrides"}
+    if unknown:
+      raise ValueError(f"grid: {path} has unknown keys {sorted(unknown)}; allowed: grid, base, "
+                       "overrides")
+    return spec.get("base"), dict(spec.get("overrides", {})), spec["grid"]
+  return None, {}, spec

@@ -1,0 +1,183 @@
+"""Multi-run training, the sweep runner and its reports."""
+
+import csv
+import json
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+from eoi_jax.training import cli, multirun, report, sweep
+from eoi_jax.training.config import make_config
+from eoi_jax.training.train import train_and_evaluate
+
+
+def _config(tmp_path, name, **overrides):
+  values = dict(dataset="synthetic", depth=4, width=32, density=0.25, lr=0.05, epochs=2,
+                batch_size=64, quiet=True, devices=1, run_dir=str(tmp_path / name))
+  values.update(overrides)
+  return make_config("mnist_mlp", **values)
+
+
+def _assert_same_run(together, alone, rtol=2e-4, atol=2e-5):
+  """Equal up to float reassociation (vmapped matmuls may sum in another order)."""
+  for a, b in zip(jax.tree.leaves(together.state.params), jax.tree.leaves(alone.state.params)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=rtol, atol=atol)
+  for a, b in zip(jax.tree.leaves(together.state.masks), jax.tree.leaves(alone.state.masks)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  for ra, rb in zip(together.history, alone.history):
+    assert ra["train_loss"] == pytest.approx(rb["train_loss"], rel=1e-4)
+    assert ra["test_accuracy"] == pytest.approx(rb["test_accuracy"], abs=0.01)
+
+
+def test_runs_together_equal_runs_alone_mlp(tmp_path):
+  variants = [dict(seed=0, init="eoi", density=0.25, lr=0.05, weight_decay=1e-4),
+              dict(seed=1, init="snip", density=0.1, lr=0.02, weight_decay=0.0),
+              dict(seed=2, init="uniform", density=0.5, lr=0.1, weight_decay=1e-3)]
+  together = multirun.train_runs([_config(tmp_path, f"t{i}", **v)
+                                  for i, v in enumerate(variants)])
+  for i, v in enumerate(variants):
+    alone = train_and_evaluate(_config(tmp_path, f"a{i}", **v))
+    _assert_same_run(together[i], alone)
+    run = Path(together[i].summary["run_dir"])
+    for name in ("config.json", "metrics.jsonl", "sparsity.json", "summary.json", "checkpoints"):
+      assert (run / name).exists(), name
+    assert json.loads((run / "config.json").read_text())["seed"] == v["seed"]
+
+
+def test_runs_together_equal_runs_alone_batch_norm_cnn(tmp_path):
+  # Small learning rates: at lr 0.05 this network amplifies a 1e-7 change of
+  # its initial weights to 1e-2 within 9 steps, so no two summation orders agree.
+  variants = [dict(seed=0, init="eoi", lr=0.01), dict(seed=3, init="erk", lr=0.02)]
+  common = dict(model="resnet8", epochs=1, limit=256, batch_size=32, checkpoint=False)
+  together = multirun.train_runs([_config(tmp_path, f"t{i}", **{**common, **v})
+                                  for i, v in enumerate(variants)])
+  for i, v in enumerate(variants):
+    alone = train_and_evaluate(_config(tmp_path, f"a{i}", **{**common, **v}))
+    _assert_same_run(together[i], alone, rtol=1e-3, atol=1e-4)
+    for a, b in zip(jax.tree.leaves(together[i].state.other), jax.tree.leaves(alone.state.other)):
+      np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-3, atol=1e-4)
+
+
+def test_groups_are_checked(tmp_path):
+  with pytest.raises(ValueError, match="width"):
+    multirun.train_runs([_config(tmp_path, "a"), _config(tmp_path, "b", width=16)])
+  with pytest.raises(ValueError, match="own run_dir"):
+    multirun.train_runs([_config(tmp_path, "a"), _config(tmp_path, "a", seed=1)])
+
+
+def test_runs_mesh_divides_the_runs():
+  assert multirun.runs_mesh(6).devices.size == 6
+  assert multirun.runs_mesh(18).devices.size == 6
+  assert multirun.runs_mesh(7).devices.size == 7
+  assert multirun.runs_mesh(11).devices.size == 1
+  assert multirun.runs_mesh(8, num_devices=2).devices.size == 2
+
+
+def test_sweep_expands_trains_skips_and_reports(tmp_path, capsys):
+  base = _config(tmp_path, "unused", epochs=1, checkpoint=False)
+  grid = {"init": ["eoi", "uniform"], "density": [0.1, 0.5], "seed": [0, 1]}
+  configs = sweep.expand(base, grid, tmp_path / "sweep")
+  assert len(configs) == 8 and len({c.run_dir for c in configs}) == 8
+  assert configs[0].run_dir.endswith("runs/init=eoi,density=0.1,seed=0")
+  groups = sweep.batches(configs, max_runs_per_step=3)
+  assert [len(g) for g in groups] == [3, 3, 2]
+  # One run already finished (as after a kill): it is not trained again.
+  done = configs[5]
+  multirun.train_runs([done])
+  before = Path(done.run_dir, "summary.json").stat().st_mtime_ns
+  results = sweep.run_sweep(base, grid, tmp_path / "sweep", max_runs_per_step=3, figures=False)
+  assert Path(done.run_dir, "summary.json").stat().st_mtime_ns == before
+  assert "8 runs, 1 done, 7 to train" in capsys.readouterr().err
+  rows = list(csv.DictReader(results.open()))
+  assert len(rows) == 8
+  for key in ("init", "density", "seed", "test_accuracy", "best_val_accuracy", "wall_time_s"):
+    assert key in rows[0]
+  table = (tmp_path / "sweep" / "table.md").read_text()
+  assert "density 0.1" in table and "init=eoi" in table and "(2)" in table
+  # A second call trains nothing.
+  mtimes = {c.run_dir: Path(c.run_dir, "summary.json").stat().st_mtime_ns for c in configs}
+  sweep.run_sweep(base, grid, tmp_path / "sweep", figures=False)
+  assert mtimes == {c.run_dir: Path(c.run_dir, "summary.json").stat().st_mtime_ns
+                    for c in configs}
+
+
+def test_sweep_rejects_bad_grids(tmp_path):
+  base = _config(tmp_path, "unused")
+  with pytest.raises(ValueError, match="unknown field 'densty'"):
+    sweep.expand(base, {"densty": [0.1]}, tmp_path)
+  with pytest.raises(ValueError, match="list of values"):
+    sweep.expand(base, {"density": 0.1}, tmp_path)
+  with pytest.raises(ValueError, match="grid point .*density"):
+    sweep.expand(base, {"density": [0.1, 2.0]}, tmp_path)
+  with pytest.raises(ValueError, match="max_runs_per_step"):
+    sweep.run_sweep(base, {"seed": [0]}, tmp_path, max_runs_per_step=0)
+
+
+def _fixture_runs(root: Path):
+  """Finished runs as they lie on disk: 2 methods x 2 densities x 2 seeds,
+  a dense run, Jacobian statistics at init."""
+  rng = np.random.default_rng(0)
+  points = [(m, d, s) for m in ("eoi", "uniform") for d in (0.1, 0.5) for s in (0, 1)]
+  points += [("dense", 1.0, 0)]
+  for method, density, seed in points:
+    run = root / "runs" / f"init={method},density={density},seed={seed}"
+    run.mkdir(parents=True)
+    accuracy = {"eoi": 0.9, "uniform": 0.8, "dense": 0.95}[method] + 0.01 * density + 0.001 * seed
+    config = {"init": method, "density": density, "seed": seed, "epochs": 3,
+              "run_dir": str(run), "quiet": True}
+    (run / "config.json").write_text(json.dumps(config))
+    (run / "summary.json").write_text(json.dumps(
+        {"test_accuracy": accuracy, "best_val_accuracy": accuracy, "density": density,
+         "epochs_done": 3, "wall_time_s": 1.5, "train_loss": 0.1}))
+    (run / "metrics.jsonl").write_text("".join(
+        json.dumps({"epoch": e, "train_loss": float(1.0 / (e + 1) + rng.uniform(0, 0.01)),
+                    "jacobian_sv_mean": 1.0 - density / 10, "jacobian_sv_var": density / 10})
+        + "\n" for e in range(3)))
+
+
+def test_report_from_a_fixture_of_results(tmp_path):
+  _fixture_runs(tmp_path)
+  results = report.write(tmp_path, figures=False)
+  rows = list(csv.DictReader(results.open()))
+  assert len(rows) == 9
+  assert {"jacobian_sv_mean_init", "jacobian_sv_var_init", "diverged"} <= set(rows[0])
+  table = (tmp_path / "table.md").read_text()
+  # the best sparse entry of each density column is EOI's, in bold; dense is not marked
+  assert "**0.9015 ± 0.0007 (2)**" in table and "**0.9055 ± 0.0007 (2)**" in table
+  assert "**0.96" not in table
+  (tmp_path / "empty").mkdir()
+  with pytest.raises(ValueError, match="no finished runs"):
+    report.write(tmp_path / "empty", figures=False)
+  with pytest.raises(ValueError, match="does not exist"):
+    report.write(tmp_path / "missing", figures=False)
+
+
+def test_report_figures(tmp_path):
+  pytest.importorskip("matplotlib")
+  _fixture_runs(tmp_path)
+  report.write(tmp_path, figures=True)
+  for name in ("accuracy_vs_density.png", "loss_curves.png", "jacobian_vs_density.png"):
+    data = (tmp_path / name).read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000, name
+
+
+def test_cli_sweep_and_report(tmp_path, capsys):
+  grid = tmp_path / "grid.json"
+  grid.write_text(json.dumps({"grid": {"seed": [0, 1]}, "overrides": {"density": 0.5}}))
+  sweep_dir = tmp_path / "sweep"
+  argv = ["sweep", "--config", "digits_smoke", "--grid", str(grid), "--sweep-dir",
+          str(sweep_dir), "--epochs", "1", "--dataset", "synthetic", "--max-runs-per-step",
+          "2", "--no-figures", "--devices", "1"]
+  assert cli.main(argv) == 0
+  out = capsys.readouterr().out
+  assert "results:" in out and (sweep_dir / "results.csv").exists()
+  rows = list(csv.DictReader((sweep_dir / "results.csv").open()))
+  assert [r["density"] for r in rows] == ["0.5", "0.5"]
+  assert cli.main(["report", str(sweep_dir), "--no-figures"]) == 0
+  assert cli.main(["report", str(tmp_path / "nothing")]) == 2
+  assert "does not exist" in capsys.readouterr().err
+  grid.write_text("{not json")
+  assert cli.main(argv) == 2
+  assert "not valid JSON" in capsys.readouterr().err
