@@ -27,6 +27,10 @@ def _assert_same_run(together, alone, rtol=2e-4, atol=2e-5):
   for a, b in zip(jax.tree.leaves(together.state.masks), jax.tree.leaves(alone.state.masks)):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
   for ra, rb in zip(together.history, alone.history):
+    jacobian = {k for k in rb if k.startswith("jacobian")}
+    assert jacobian == {k for k in ra if k.startswith("jacobian")}
+    for key in jacobian:
+      assert ra[key] == pytest.approx(rb[key], rel=1e-3)
     assert ra["train_loss"] == pytest.approx(rb["train_loss"], rel=1e-4)
     assert ra["test_accuracy"] == pytest.approx(rb["test_accuracy"], abs=0.01)
 
@@ -34,7 +38,8 @@ def _assert_same_run(together, alone, rtol=2e-4, atol=2e-5):
 def test_runs_together_equal_runs_alone_mlp(tmp_path):
   variants = [dict(seed=0, init="eoi", density=0.25, lr=0.05, weight_decay=1e-4),
               dict(seed=1, init="snip", density=0.1, lr=0.02, weight_decay=0.0),
-              dict(seed=2, init="uniform", density=0.5, lr=0.1, weight_decay=1e-3)]
+              dict(seed=2, init="uniform", density=0.5, lr=0.1, weight_decay=1e-3,
+                   jacobian=True)]
   together = multirun.train_runs([_config(tmp_path, f"t{i}", **v)
                                   for i, v in enumerate(variants)])
   for i, v in enumerate(variants):

@@ -61,7 +61,8 @@ def _sweep_parser(sub):
                            '"overrides": {...}} or just the grid')
   parser.add_argument("--sweep-dir", required=True, help="the sweep's directory")
   parser.add_argument("--max-runs-per-step", type=int,
-                      help="at most this many runs in one step (bounds memory)")
+                      help="at most this many runs in one step (bounds memory; default 16 "
+                           "on CPUs, all of a group on accelerators)")
   parser.add_argument("--no-figures", action="store_true", help="tables only")
   _config_arguments(parser)
   parser.add_argument("--local-devices", type=int,
@@ -166,7 +167,8 @@ def _run_sweep(args) -> int:
                      **overrides)
   sweep.expand(base, grid, args.sweep_dir)  # a bad grid fails before JAX starts
   _setup_jax(args)
-  results = sweep.run_sweep(base, grid, args.sweep_dir, max_runs_per_step=args.max_runs_per_step,
+  results = sweep.run_sweep(base, grid, args.sweep_dir,
+                            max_runs_per_step=args.max_runs_per_step or "auto",
                             quiet=quiet, figures=not args.no_figures)
   print(f"results: {results}")
   print(f"table: {results.parent / 'table.md'}")

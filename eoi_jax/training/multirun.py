@@ -145,9 +145,32 @@ def _same_structure(states, configs) -> None:
                        "train them in separate groups")
 
 
+CPU_RUNS_PER_STEP = 16
+"""Runs per step a sweep trains together on a CPU by default
+(``benchmarks/multirun.py``, 2-core CPU, 7-layer MLP: up to 16 runs side by
+side keep the throughput of one run after another; 64 lose 20-40%, their
+states no longer fitting in the caches)."""
+
+
+def default_runs_per_step() -> int | None:
+  """:data:`CPU_RUNS_PER_STEP` on CPUs; no limit on accelerators."""
+  return CPU_RUNS_PER_STEP if jax.default_backend() == "cpu" else None
+
+
+def runs_train_step(spec: train_lib.StepSpec):
+  """:func:`eoi_jax.training.train.train_step` vmapped over a leading run
+  axis, jitted (the states donated): ``(states, batches, sums) -> (states, sums)``."""
+  return jax.jit(jax.vmap(functools.partial(train_lib.train_step, spec)), donate_argnums=(0,))
+
+
+def runs_eval_step(spec: train_lib.StepSpec):
+  """:func:`eoi_jax.training.train.eval_step` vmapped over a leading run axis,
+  one batch for all runs: ``(states, batch, sums) -> sums``."""
+  return jax.jit(jax.vmap(functools.partial(train_lib.eval_step, spec), in_axes=(0, None, 0)))
+
+
 def train_runs(configs, *, dataset: data.Dataset | None = None,
-               stop_after_epoch: int | None = None,
-               progress_label: str = "step") -> list[train_lib.TrainResult]:
+               stop_after_epoch: int | None = None, progress_label: str = "step") -> list[train_lib.TrainResult]:
   """Trains several runs of one architecture together (see the module docstring).
 
   Args:
@@ -194,8 +217,8 @@ def train_runs(configs, *, dataset: data.Dataset | None = None,
   state = jax.device_put(_stack(states), by_run)
   sparsities = [b[2] for b in built]
 
-  step_fn = jax.jit(jax.vmap(functools.partial(train_lib.train_step, spec)), donate_argnums=(0,))
-  eval_fn = jax.jit(jax.vmap(functools.partial(train_lib.eval_step, spec), in_axes=(0, None, 0)))
+  step_fn = runs_train_step(spec)
+  eval_fn = runs_eval_step(spec)
   zeros = jax.device_put(_stack([train_lib.zero_metrics()] * len(configs)), by_run)
 
   locked = []
@@ -260,7 +283,12 @@ def _run_epochs(configs, runs, stores, spec, state, sparsities, step_fn, eval_fn
       break
     sums, bounded = zeros, train_lib._Bounded()
     started = time.perf_counter()
+    jacobian = [{} for _ in configs]
     for i, batch in enumerate(loader.epoch(epoch)):
+      if i == 0:  # at each epoch's first batch, before its step (as a run alone)
+        for r, c in enumerate(configs):
+          if c.jacobian and diverged[r] is None:
+            jacobian[r] = train_lib._jacobian_stats(spec, _unstack(state, r), _unstack(batch, r))
       state, sums = step_fn(state, batch, sums)
       bounded.push(sums)
       if progress.due():
@@ -280,7 +308,7 @@ def _run_epochs(configs, runs, stores, spec, state, sparsities, step_fn, eval_fn
       if not np.isfinite(loss):
         diverged[r] = epoch
         continue
-      record = {"epoch": epoch, "train_loss": loss,
+      record = {"epoch": epoch, **jacobian[r], "train_loss": loss,
                 "train_accuracy": float(host["correct"][r]) / float(host["count"][r]),
                 "lr": train_lib._learning_rate(c, steps, step - 1),
                 "step_time_s": elapsed / steps,

@@ -103,7 +103,7 @@ def batches(configs, max_runs_per_step: int | None) -> list[list[Config]]:
   return out
 
 
-def run_sweep(base: Config, grid: dict, sweep_dir, *, max_runs_per_step: int | None = None,
+def run_sweep(base: Config, grid: dict, sweep_dir, *, max_runs_per_step: int | None | str = "auto",
               quiet: bool = False, figures: bool = True) -> Path:
   """Trains every run of the sweep not yet finished; writes the results.
 
@@ -112,13 +112,17 @@ def run_sweep(base: Config, grid: dict, sweep_dir, *, max_runs_per_step: int | N
     grid: ``{field: [values]}``.
     sweep_dir: the sweep's directory (``sweep.json``, ``runs/``, results).
     max_runs_per_step: at most this many runs in one step (bounds memory);
-      default: every run of a group.
+      ``None``: every run of a group; ``"auto"``:
+      :func:`eoi_jax.training.multirun.default_runs_per_step` (16 on CPUs,
+      where more lose throughput; no limit on accelerators).
     quiet: no progress lines.
     figures: write PNG figures too (needs matplotlib).
 
   Returns:
     The path of ``results.csv``.
   """
+  if max_runs_per_step == "auto":
+    max_runs_per_step = multirun.default_runs_per_step()
   if max_runs_per_step is not None and (isinstance(max_runs_per_step, bool) or not isinstance(
       max_runs_per_step, int) or max_runs_per_step < 1):
     raise ValueError(f"max_runs_per_step must be a positive int, got {max_runs_per_step!r}")
