@@ -192,12 +192,9 @@ def train_runs(configs, *, dataset: data.Dataset | None = None,
   base = configs[0]
   runs = [RunDir(c.run_dir) for c in configs]
   for run, c in zip(runs, configs):
-    run.check_writable()
-    if c.resume:
-      run.check_config(dataclasses.asdict(c))
+    train_lib.check_run_dir(run, c)
   if dataset is None:
-    dataset = data.load(base.dataset, base.data_dir, val_fraction=base.val_fraction,
-                        limit=base.limit)
+    dataset = train_lib.load_dataset(base)
   mesh = runs_mesh(len(configs), base.devices)
   by_run = jax.sharding.NamedSharding(mesh, jax.P("runs"))
   replicated = jax.sharding.NamedSharding(mesh, jax.P())

@@ -283,6 +283,19 @@ def _jacobian_stats(spec: StepSpec, state: TrainState, batch: data.Batch) -> dic
 # The loop.
 
 
+def check_run_dir(run: RunDir, config: Config) -> None:
+  """Before anything is written: the run directory is writable and holds no
+  run of another config (when resuming)."""
+  run.check_writable()
+  if config.resume:
+    run.check_config(dataclasses.asdict(config))
+
+
+def load_dataset(config: Config) -> data.Dataset:
+  return data.load(config.dataset, config.data_dir, val_fraction=config.val_fraction,
+                   limit=config.limit)
+
+
 def train_and_evaluate(config: Config, *, dataset: data.Dataset | None = None,
                        stop_after_epoch: int | None = None) -> TrainResult:
   """Runs ``config`` end to end and writes its run directory.
@@ -313,12 +326,9 @@ def train_and_evaluate(config: Config, *, dataset: data.Dataset | None = None,
   is_main = jax.process_index() == 0
   run = RunDir(config.run_dir)
   if is_main:
-    run.check_writable()
-    if config.resume:
-      run.check_config(dataclasses.asdict(config))
+    check_run_dir(run, config)
   if dataset is None:
-    dataset = data.load(config.dataset, config.data_dir, val_fraction=config.val_fraction,
-                        limit=config.limit)
+    dataset = load_dataset(config)
   mesh = make_mesh(config.devices)
   replicated = jax.sharding.NamedSharding(mesh, jax.P())
   train_loader = data.Loader(dataset.train, config.batch_size, mesh, train=True,
