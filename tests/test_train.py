@@ -303,3 +303,13 @@ def test_runs_close_their_checkpoint_managers_and_threads(tmp_path):
   alive = [t.name for t in threading.enumerate() if t.name not in baseline]
   assert alive == []
   assert not any("metadata_store" in t.name for t in threading.enumerate())
+
+
+def test_console_script_entry_point_resolves():
+  """The `eoi-jax` command pip installs must point at the CLI's main."""
+  import importlib
+  import tomllib
+
+  scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
+  module, attr = scripts["eoi-jax"].split(":")
+  assert getattr(importlib.import_module(module), attr) is cli.main

@@ -234,9 +234,10 @@ def draw_figures(runs, directory: Path) -> list[Path]:
   return written
 
 
-def write(directory, *, figures: bool = True) -> Path:
+def write(directory, *, figures: bool = True, out=None) -> Path:
   """Writes ``results.csv`` and ``table.md`` (and the figures) for the runs
-  under ``directory``; returns the path of ``results.csv``.
+  under ``directory`` into ``out`` (default ``directory``); returns the path
+  of ``results.csv``.
 
   Raises:
     ValueError: ``directory`` does not exist or holds no finished run.
@@ -246,12 +247,14 @@ def write(directory, *, figures: bool = True) -> Path:
   if not runs:
     raise ValueError(f"report: no finished runs (config.json and summary.json) under "
                      f"{directory}")
-  results = directory / "results.csv"
+  out = directory if out is None else Path(out)
+  out.mkdir(parents=True, exist_ok=True)
+  results = out / "results.csv"
   _write_csv(results, rows(runs))
-  (directory / "table.md").write_text(table(runs))
+  (out / "table.md").write_text(table(runs))
   if figures:
     try:
-      draw_figures(runs, directory)
+      draw_figures(runs, out)
     except ImportError:
       warnings.warn("report: matplotlib is not installed, so no figures were drawn "
                     "(pip install 'eoi-jax[plots]')", RuntimeWarning, stacklevel=2)

@@ -58,23 +58,40 @@ def run_name(point: dict) -> str:
   return ",".join(f"{k}={v}" for k, v in point.items()).replace("/", "_").replace(" ", "")
 
 
-def expand(base: Config, grid: dict, sweep_dir) -> list[Config]:
+def expand(base: Config, grid, sweep_dir) -> list[Config]:
   """One validated config per point of ``grid`` (cartesian product over ``base``).
 
+  Args:
+    base: the base config.
+    grid: ``{field: [values]}``, or a list of such grids (their union: e.g.
+      one grid of methods over densities and one for the dense baseline).
+    sweep_dir: the sweep's directory; run ``p`` lives in
+      ``sweep_dir/runs/<run_name(p)>``.
+
   Raises:
-    ValueError: an unknown field, an empty value list, or a point whose config
-      is invalid (names the point).
+    ValueError: an unknown field, an empty value list, a point whose config
+      is invalid (names the point), or two points with one run name.
   """
-  grid = _check_grid(base, grid)
-  configs = []
-  for values in itertools.product(*grid.values()):
-    point = dict(zip(grid, values))
-    try:
-      config = dataclasses.replace(base, **point,
-                                   run_dir=str(Path(sweep_dir) / "runs" / run_name(point)))
-    except (TypeError, ValueError) as e:
-      raise ValueError(f"grid point {point}: {e}") from None
-    configs.append(config)
+  grids = grid if isinstance(grid, (list, tuple)) else [grid]
+  if not grids:
+    raise ValueError("grid: an empty list of grids")
+  configs, names = [], {}
+  for one in grids:
+    one = _check_grid(base, one)
+    for values in itertools.product(*one.values()):
+      point = dict(zip(one, values))
+      name = run_name(point)
+      try:
+        config = dataclasses.replace(base, **point,
+                                     run_dir=str(Path(sweep_dir) / "runs" / name))
+      except (TypeError, ValueError) as e:
+        raise ValueError(f"grid point {point}: {e}") from None
+      if name in names:
+        if names[name] != config:
+          raise ValueError(f"grid: two points are named {name!r} with different configs")
+        continue
+      names[name] = config
+      configs.append(config)
   return configs
 
 
@@ -104,12 +121,12 @@ def batches(configs, max_runs_per_step: int | None) -> list[list[Config]]:
 
 
 def run_sweep(base: Config, grid: dict, sweep_dir, *, max_runs_per_step: int | None | str = "auto",
-              quiet: bool = False, figures: bool = True) -> Path:
+              quiet: bool = False, figures: bool = True, results_dir=None) -> Path:
   """Trains every run of the sweep not yet finished; writes the results.
 
   Args:
     base: the base config (its ``run_dir`` is ignored).
-    grid: ``{field: [values]}``.
+    grid: ``{field: [values]}`` or a list of them (see :func:`expand`).
     sweep_dir: the sweep's directory (``sweep.json``, ``runs/``, results).
     max_runs_per_step: at most this many runs in one step (bounds memory);
       ``None``: every run of a group; ``"auto"``:
@@ -117,6 +134,7 @@ def run_sweep(base: Config, grid: dict, sweep_dir, *, max_runs_per_step: int | N
       where more lose throughput; no limit on accelerators).
     quiet: no progress lines.
     figures: write PNG figures too (needs matplotlib).
+    results_dir: where to write the results (default ``sweep_dir``).
 
   Returns:
     The path of ``results.csv``.
@@ -132,7 +150,7 @@ def run_sweep(base: Config, grid: dict, sweep_dir, *, max_runs_per_step: int | N
   configs = expand(base, grid, sweep_dir)
   sweep_dir.mkdir(parents=True, exist_ok=True)
   (sweep_dir / "sweep.json").write_text(json.dumps(
-      {"base": dataclasses.asdict(base), "grid": _check_grid(base, grid)}, indent=2) + "\n")
+      {"base": dataclasses.asdict(base), "grid": grid}, indent=2) + "\n")
   todo = [c for c in configs if not finished(c)]
   progress = Progress(len(configs), label="run", quiet=quiet, done=len(configs) - len(todo),
                       interval=30.0)
@@ -145,12 +163,12 @@ def run_sweep(base: Config, grid: dict, sweep_dir, *, max_runs_per_step: int | N
     multirun.train_runs([dataclasses.replace(c, quiet=quiet) for c in batch],
                         progress_label=f"step (runs {done + 1}-{done + len(batch)})")
     done += len(batch)
-    report.write(sweep_dir, figures=False)
+    report.write(sweep_dir, figures=False, out=results_dir)
     progress.update(done)
     if not quiet:
       progress.done(f"{done}/{len(configs)} runs done ({len(batch)} in "
                     f"{time.perf_counter() - started:.0f} s)")
-  return report.write(sweep_dir, figures=figures)
+  return report.write(sweep_dir, figures=figures, out=results_dir)
 
 
 def load_grid_file(path) -> tuple[str | None, dict, dict]:
