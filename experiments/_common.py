@@ -64,7 +64,8 @@ def configs(experiment: Experiment, args) -> tuple:
   """``(base, grids, configs, runs_dir, results_dir)`` for parsed ``args``."""
   from eoi_jax.training import sweep
 
-  seeds = args.seeds or experiment.default_seeds[1 if args.quick else 0]
+  seeds = args.seeds if args.seeds is not None else experiment.default_seeds[
+      1 if args.quick else 0]
   if seeds < 1:
     raise ValueError(f"--seeds must be >= 1, got {seeds}")
   if args.epochs is not None and args.epochs < 1:

@@ -1,0 +1,179 @@
+"""Construction cost of EOI, SAO and AI, and EOI's expected-density law.
+
+Paper (Nowak et al. 2024, timing figure and Section 3): EOI is cheap to build,
+cheaper than SAO, and, unlike SAO, reaches any density; the density of a
+Givens product grows as a Markov chain whose law is known exactly.
+
+This experiment measures, on the machine it runs on:
+
+* ``timing.csv`` / ``timing.png``: seconds to build one ``n x n`` matrix at
+  each density with EOI (:func:`eoi_jax.sparse_orthogonal`), SAO
+  (:func:`eoi_jax.methods.sao.sao_kernel`, where the density is a valid
+  degree) and AI (a uniform random mask, then ``--ai-steps`` steps of
+  approximate isometry, :func:`eoi_jax.methods.initialize` with ``uniform+ai``),
+  each jitted, compile time apart (the first call's), then the median of 3
+  calls;
+* ``density_law.csv`` / ``density_law.png``: the exact expected density of an
+  ``n x n`` EOI matrix after ``t`` rotations (:func:`eoi_jax.chain.row_chain_distribution`)
+  against the mean and spread of the simulated support counts
+  (:func:`eoi_jax.givens.support_trajectory`) over ``--keys`` keys.
+
+``--quick``: n = 64, 128, 256 and AI at 100 steps.
+
+Usage: python -m experiments.init_cost [--quick] [--results-dir DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import sys
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from experiments import _common
+
+DENSITIES = (0.05, 0.1, 0.25, 0.5)
+
+
+def _time(fn, repeats: int = 3) -> tuple[float, float]:
+  """``(first call s, median of later calls s)``."""
+  start = time.perf_counter()
+  jax.block_until_ready(fn())
+  first = time.perf_counter() - start
+  runs = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    jax.block_until_ready(fn())
+    runs.append(time.perf_counter() - start)
+  return first, float(np.median(runs))
+
+
+def timing(sizes, densities, ai_steps: int) -> list[dict]:
+  import eoi_jax
+  from eoi_jax import methods
+  from eoi_jax.methods import sao
+
+  rows = []
+  key = jax.random.key(0)
+  for n in sizes:
+    for d in densities:
+      row = {"n": n, "density": d}
+      row["eoi_first_s"], row["eoi_s"] = _time(lambda: eoi_jax.sparse_orthogonal(key, (n, n), d))
+      try:
+        degree = sao.degree_for_density((n, n), d)
+      except ValueError:
+        degree = None
+      if degree is not None:
+        row["sao_first_s"], row["sao_s"] = _time(lambda: sao.sao_kernel(key, (n, n),
+                                                                         degree=degree))
+      params = {"layer": {"kernel": jnp.zeros((n, n))}}
+      row["ai_first_s"], row["ai_s"] = _time(lambda: methods.initialize(
+          "uniform+ai", key, params, d, ai_steps=ai_steps).params, repeats=1)
+      rows.append(row)
+      print(row, file=sys.stderr, flush=True)
+  return rows
+
+
+def density_law(n: int, keys: int) -> list[dict]:
+  from eoi_jax import chain, givens
+
+  steps = int(3 * chain.mean_field_rotations(n, 0.9)) + 1
+  law = chain.row_chain_distribution(n, steps)
+  expected = law @ np.arange(n + 1) / n
+  counts = np.stack([np.asarray(givens.support_trajectory(jax.random.key(k), n, n, steps))
+                     for k in range(keys)]) / (n * n)
+  return [{"rotations": t, "expected_density": float(expected[t]),
+           "simulated_mean": float(counts[:, t].mean()), "simulated_std": float(
+               counts[:, t].std())} for t in range(0, steps + 1, max(1, steps // 200))]
+
+
+def _write(path: Path, rows) -> None:
+  fields = list(dict.fromkeys(k for r in rows for k in r))
+  with path.open("w", newline="") as f:
+    writer = csv.DictWriter(f, fieldnames=fields)
+    writer.writeheader()
+    writer.writerows(rows)
+
+
+def _figures(out: Path, rows, densities, law, n_law) -> None:
+  import matplotlib
+
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  fig, axes = plt.subplots(1, len(densities), figsize=(4 * len(densities), 3.5), sharey=True,
+                           squeeze=False)
+  axes = axes[0]
+  for ax, d in zip(axes, densities):
+    sub = [r for r in rows if r["density"] == d]
+    for method in ("eoi", "sao", "ai"):
+      points = [(r["n"], r[f"{method}_s"]) for r in sub if f"{method}_s" in r]
+      if points:
+        ax.plot(*zip(*points), marker="o", label=method.upper())
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_title(f"density {d}")
+    ax.set_xlabel("n (n x n matrix)")
+  axes[0].set_ylabel("seconds per matrix (compiled)")
+  axes[0].legend()
+  fig.tight_layout()
+  fig.savefig(out / "timing.png", dpi=120)
+  plt.close(fig)
+
+  fig, ax = plt.subplots(figsize=(5, 3.5))
+  t = [r["rotations"] for r in law]
+  mean = np.array([r["simulated_mean"] for r in law])
+  std = np.array([r["simulated_std"] for r in law])
+  ax.plot(t, [r["expected_density"] for r in law], label="exact expectation (row chain)")
+  ax.fill_between(t, mean - std, mean + std, alpha=0.3, label="simulated mean ± std")
+  ax.set_xlabel("rotations")
+  ax.set_ylabel("density")
+  ax.set_title(f"{n_law} x {n_law}")
+  ax.legend()
+  fig.tight_layout()
+  fig.savefig(out / "density_law.png", dpi=120)
+  plt.close(fig)
+
+
+def main(argv=None) -> int:
+  parser = argparse.ArgumentParser(prog="python -m experiments.init_cost",
+                                   description=__doc__.split("\n")[0])
+  parser.add_argument("--quick", action="store_true")
+  parser.add_argument("--sizes", type=int, nargs="+")
+  parser.add_argument("--densities", type=float, nargs="+", default=list(DENSITIES))
+  parser.add_argument("--ai-steps", type=int)
+  parser.add_argument("--keys", type=int, default=32)
+  parser.add_argument("--results-dir")
+  args = parser.parse_args(argv)
+  sizes = args.sizes or ([64, 128, 256] if args.quick else [64, 128, 256, 512, 1024, 2048])
+  ai_steps = args.ai_steps or (100 if args.quick else 1000)
+  if min(sizes) < 2 or ai_steps < 1 or args.keys < 1 or not all(
+      0 < d <= 1 for d in args.densities):
+    print("init_cost: error: sizes must be >= 2, densities in (0, 1], --ai-steps and --keys "
+          ">= 1", file=sys.stderr)
+    return 2
+  out = Path(args.results_dir or _common.REPO / "experiments" / "results" /
+             ("init_cost-quick" if args.quick else "init_cost"))
+  out.mkdir(parents=True, exist_ok=True)
+  rows = timing(sizes, args.densities, ai_steps)
+  _write(out / "timing.csv", rows)
+  n_law = min(128, max(sizes))
+  law = density_law(n_law, args.keys)
+  _write(out / "density_law.csv", law)
+  try:
+    _figures(out, rows, args.densities, law, n_law)
+  except ImportError:
+    print("init_cost: matplotlib is not installed; tables only", file=sys.stderr)
+  _common.provenance(out, ["experiments.init_cost"] + list(sys.argv[1:] if argv is None
+                                                          else argv))
+  print(f"results: {out}")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

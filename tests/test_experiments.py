@@ -1,0 +1,68 @@
+"""The experiments: every --quick grid expands and its first run starts."""
+
+import dataclasses
+import importlib
+
+import pytest
+
+from eoi_jax.training import multirun
+from experiments import _common
+
+EXPERIMENTS = ["mlp_density", "mlp_loss_curves", "mlp_1000"]
+
+
+@pytest.mark.parametrize("name", EXPERIMENTS)
+def test_quick_grid_expands_and_its_first_run_starts(name, tmp_path, capsys):
+  experiment = importlib.import_module(f"experiments.{name}").EXPERIMENT
+  assert experiment.name == name
+  args = _common.parser(experiment).parse_args(["--quick", "--runs-dir", str(tmp_path / "runs")])
+  base, grids, configs, runs_dir, results_dir = _common.configs(experiment, args)
+  assert configs and len({c.run_dir for c in configs}) == len(configs)
+  assert results_dir.name == f"{name}-quick"
+  full = _common.configs(experiment, _common.parser(experiment).parse_args(
+      ["--runs-dir", str(tmp_path / "full")]))[2]
+  assert len(full) > len(configs)
+  assert {c.epochs for c in full} == {100}
+  # The first run, a few steps on the digits: the same model and method (a
+  # 1000-layer stack cut to 50 layers: the same scanned code, a minute less).
+  first = dataclasses.replace(configs[0], dataset="digits", limit=256, epochs=1,
+                              batch_size=64, checkpoint=False, jacobian=False,
+                              depth=min(configs[0].depth or 7, 50),
+                              run_dir=str(tmp_path / "first"))
+  result, = multirun.train_runs([first])
+  assert result.summary["epochs_done"] == 1 and result.history[0]["train_loss"] > 0
+  assert _common.main(experiment, ["--quick", "--dry-run", "--runs-dir",
+                                   str(tmp_path / "runs")]) == 0
+  assert f"{len(configs)} runs" in capsys.readouterr().out
+
+
+def test_bad_arguments_are_one_line_errors(capsys):
+  experiment = importlib.import_module("experiments.mlp_density").EXPERIMENT
+  assert _common.main(experiment, ["--seeds", "0", "--dry-run"]) == 2
+  assert "--seeds must be >= 1" in capsys.readouterr().err
+
+
+def test_provenance_names_command_device_version_date_commit(tmp_path):
+  _common.provenance(tmp_path, ["experiments.mlp_density", "--quick"])
+  text = (tmp_path / "PROVENANCE.md").read_text()
+  for part in ("python -m experiments.mlp_density --quick", "device: cpu", "JAX ", "date: ",
+               "commit: "):
+    assert part in text
+
+
+def test_init_cost_writes_its_tables_and_figures(tmp_path):
+  from experiments import init_cost
+
+  assert init_cost.main(["--sizes", "16", "--densities", "0.25", "0.5", "--ai-steps", "2",
+                         "--keys", "2", "--results-dir", str(tmp_path)]) == 0
+  timing = (tmp_path / "timing.csv").read_text().splitlines()
+  assert timing[0].startswith("n,density,eoi_first_s,eoi_s") and len(timing) == 1 + 2
+  assert "sao_s" in timing[0]  # 16 x 16 at 0.25 and 0.5: SAO degrees 4 and 8 exist
+  law = [line.split(",") for line in (tmp_path / "density_law.csv").read_text().splitlines()[1:]]
+  # the exact expectation starts at the identity's density and rises; the
+  # simulated mean follows it
+  assert float(law[0][1]) == pytest.approx(1 / 16) and float(law[-1][1]) > 0.5
+  for row in law:
+    assert abs(float(row[1]) - float(row[2])) < 0.15
+  for name in ("PROVENANCE.md", "timing.png", "density_law.png"):
+    assert (tmp_path / name).exists()
