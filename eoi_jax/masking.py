@@ -58,6 +58,13 @@ def to_optax_masked(masks):
   return jax.tree.map(lambda m: not _is_unmasked(m), masks, is_leaf=lambda m: m is None)
 
 
+def to_jaxpruner(masks):
+  """A mask tree in jaxpruner's convention: ``None`` where unmasked (also for
+  scalar ``True`` leaves), bool arrays where masked."""
+  return jax.tree.map(lambda m: None if _is_unmasked(m) else m, masks,
+                      is_leaf=lambda m: m is None)
+
+
 def from_jaxpruner(masks):
   """A jaxpruner mask tree (``None`` where unmasked, 0/1 arrays where masked) as a
   mask tree of bool arrays."""

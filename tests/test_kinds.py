@@ -259,7 +259,7 @@ def test_snip_with_one_hot_labels_and_a_custom_loss():
     np.testing.assert_array_equal(a, b)
   regression = methods.initialize_model(
       "grasp", jax.random.key(1), model, 0.2, batch=(x, jnp.ones((8, 10))),
-      loss_fn=lambda out, target: jnp.mean((out - target) ** 2))
+      loss_fn=lambda out, batch: jnp.mean((out - batch[1]) ** 2))
   assert regression.summary.total_nnz == round(0.2 * regression.summary.total_size)
   with pytest.raises(TypeError, match="loss_fn"):
     methods.initialize_model("snip", jax.random.key(1), model, 0.2, batch=(x, jnp.ones((8, 3))))
@@ -326,3 +326,30 @@ def test_sharded_model_keeps_its_shardings_and_trains(axis_type):
     assert kernel.sharding.spec == jax.P("data", "model")
     assert not np.asarray(kernel)[~np.asarray(out.masks["up"]["kernel"])].any()
     assert not np.array_equal(kernel, out.params["up"]["kernel"])
+
+
+def test_linen_params_with_a_kinds_mapping():
+  """Linen stores attention kernels unflattened and has no module to read kinds
+  from: a per-path mapping says which axes are which; without it the error
+  names the layer and the argument to pass."""
+  import flax.linen as nn
+
+  class Block(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+      x = nn.MultiHeadDotProductAttention(num_heads=4, qkv_features=32)(x)
+      return nn.Dense(10)(x.mean(axis=1))
+
+  params = Block().init(jax.random.key(0), jnp.ones((2, 5, 32)))["params"]
+  attention = "MultiHeadDotProductAttention_0"
+  with pytest.raises(ValueError, match=f"{attention}/key/kernel.*out_axis"):
+    methods.initialize("eoi", jax.random.key(1), params, 0.25)
+  kinds_by_path = {f"{attention}/{name}/kernel": {"out_axis": (-2, -1)}
+                   for name in ("query", "key", "value")}
+  kinds_by_path[f"{attention}/out/kernel"] = {"in_axis": (0, 1)}
+  out = methods.initialize("eoi", jax.random.key(1), params, 0.25, kinds=kinds_by_path)
+  query = np.asarray(out.params[attention]["query"]["kernel"]).reshape(32, 32)
+  np.testing.assert_allclose(query.T @ query, np.eye(32), atol=1e-5)
+  assert abs(np.asarray(out.masks[attention]["query"]["kernel"]).mean() - 0.25) < 0.05
+  y = Block().apply({"params": out.params}, jnp.ones((2, 5, 32)))
+  assert y.shape == (2, 10)

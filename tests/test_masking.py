@@ -166,3 +166,34 @@ def test_summary_table_and_dict():
   as_dict = report.to_dict()
   assert as_dict["total"]["nnz"] == report.total_nnz
   assert as_dict["layers"][1]["shape"] == [256, 100]
+
+
+def test_conversions_to_and_from_jaxpruner_and_optax_masked():
+  import optax
+
+  from eoi_jax import optim
+
+  params = _params()
+  masks = masking.random_masks(jax.random.key(0), params, allocation.uniform(params, 0.3))
+  pruner = masking.to_jaxpruner(masks)
+  assert pruner["bn"]["scale"] is None and pruner["dense1"]["bias"] is None
+  # jaxpruner stores 0/1 arrays; they come back as the same bool masks
+  as_ints = jax.tree.map(lambda m: None if m is None else np.asarray(m, np.uint8), pruner,
+                         is_leaf=lambda m: m is None)
+  back = masking.from_jaxpruner(as_ints)
+  for a, b in zip(jax.tree.leaves(back), jax.tree.leaves(masks)):
+    np.testing.assert_array_equal(a, b)
+  # older scalar-True leaves read as unmasked too
+  legacy = jax.tree.map(lambda m: True if m is None else m, masks, is_leaf=lambda m: m is None)
+  assert masking.to_jaxpruner(legacy)["bn"]["scale"] is None
+  # optax.masked: decay only the masked kernels; static_sparse takes the None tree as it is
+  flags = masking.to_optax_masked(masks)
+  assert flags["dense1"]["kernel"] is True and flags["bn"]["scale"] is False
+  tx = optim.static_sparse(optax.chain(optax.masked(optax.add_decayed_weights(1.0), flags),
+                                       optax.sgd(1.0)), masks)
+  zeros = jax.tree.map(jnp.zeros_like, params)
+  updates, _ = tx.update(zeros, tx.init(params), params)
+  kernel = np.asarray(updates["dense1"]["kernel"])
+  m = np.asarray(masks["dense1"]["kernel"])
+  assert np.all(kernel[~m] == 0) and np.all(kernel[m] == -1.0)  # -lr * wd * w, w = 1
+  np.testing.assert_array_equal(updates["bn"]["scale"], 0.0)  # not decayed

@@ -9,7 +9,8 @@ they work with any model, e.g. for NNX:
   >>> graphdef, params, rest = nnx.split(model, nnx.Param, ...)
   >>> apply_fn = lambda p, x: nnx.merge(graphdef, p, rest)(x)
   >>> masks = snip(params, apply_fn, (x, y), 0.1)  # y: int labels or one-hot
-  >>> masks = snip(params, apply_fn, (x, t), 0.1, loss_fn=lambda out, t: ((out - t)**2).mean())
+  >>> masks = snip(params, apply_fn, (x, t), 0.1,
+  ...              loss_fn=lambda out, batch: ((out - batch[1]) ** 2).mean())
 
 The per-layer densities a method realises can then be regenerated with EOI
 ("method + EOI"): ``eoi_params(key, params, mask_densities(params, masks))``.
@@ -45,10 +46,11 @@ def _maskable(params, filter, stacked, layout) -> Layout:
   return layout
 
 
-def classification_loss(logits, targets):
-  """Mean softmax cross-entropy: integer class labels ``(batch,)`` or
-  one-hot / soft targets of ``logits``' shape. The default ``loss_fn`` of
-  :func:`snip` and :func:`grasp`."""
+def classification_loss(logits, batch):
+  """Mean softmax cross-entropy of ``logits`` against ``batch[1]``: integer
+  class labels ``(batch,)`` or one-hot / soft targets of ``logits``' shape.
+  The default ``loss_fn`` of :func:`snip` and :func:`grasp`."""
+  targets = batch[1]
   if jnp.issubdtype(targets.dtype, jnp.integer):
     if targets.shape != logits.shape[:-1]:
       raise ValueError(f"integer labels must have shape {logits.shape[:-1]} (one per example), "
@@ -58,8 +60,7 @@ def classification_loss(logits, targets):
     return optax.softmax_cross_entropy(logits, targets).mean()
   raise TypeError(f"targets must be integer labels of shape {logits.shape[:-1]} or one-hot "
                   f"floats of shape {logits.shape}, got {targets.dtype}{list(targets.shape)}; "
-                  "pass loss_fn=(outputs, targets) -> scalar for other losses (e.g. "
-                  "regression)")
+                  "pass loss_fn=(logits, batch) -> scalar for other losses (e.g. regression)")
 
 
 def check_loss_fn(loss_fn):
@@ -67,7 +68,7 @@ def check_loss_fn(loss_fn):
   if loss_fn is None:
     return classification_loss
   if not callable(loss_fn):
-    raise TypeError(f"loss_fn must be a callable (outputs, targets) -> scalar, got {loss_fn!r}")
+    raise TypeError(f"loss_fn must be a callable (logits, batch) -> scalar, got {loss_fn!r}")
   return loss_fn
 
 
@@ -83,10 +84,10 @@ def snip(params, apply_fn, batch, density, *, loss_fn=None, filter: Filter | Non
 
   Args:
     params: params tree.
-    apply_fn: ``(params, x) -> outputs``.
+    apply_fn: ``(params, x) -> logits``.
     batch: ``(inputs, targets)``; the paper uses one batch of 128.
     density: overall density of the maskable layers, in (0, 1].
-    loss_fn: ``(outputs, targets) -> scalar``; default
+    loss_fn: ``(logits, batch) -> scalar``; default
       :func:`classification_loss` (integer labels or one-hot targets).
     filter, stacked, layout: as in :func:`eoi_jax.layers.resolve`.
 
@@ -103,7 +104,7 @@ def snip_network(params, apply_fn, batch, d: float, layout: Layout,
 
   @jax.jit
   def scores(params, x, y):
-    grads = jax.grad(lambda p: loss_fn(apply_fn(p, x), y))(params)
+    grads = jax.grad(lambda p: loss_fn(apply_fn(p, x), (x, y)))(params)
     return layout.flatten(jax.tree.map(lambda g, w: jnp.abs(g * w), grads, params))
 
   keep = keep_top(scores(params, *batch), count_for_density(d, layout.total_size))
@@ -114,7 +115,7 @@ def grasp(params, apply_fn, batch, density, *, temperature: float = 200.0, loss_
           filter: Filter | None = None, stacked: Stacked = None, layout: Layout | None = None):
   """GraSP masks: keep the ``density`` share with the smallest ``-w * (H g)``.
 
-  ``g`` is the gradient of ``loss_fn(outputs / temperature, targets)`` (the
+  ``g`` is the gradient of ``loss_fn(logits / temperature, batch)`` (the
   paper: cross-entropy at temperature 200) and ``H g`` its Hessian-gradient
   product (forward-over-reverse: the JVP of the gradient along ``g``).
   Arguments as for :func:`snip`.
@@ -134,7 +135,7 @@ def grasp_network(params, apply_fn, batch, d: float, layout: Layout, temperature
 
   @jax.jit
   def scores(params, x, y):
-    loss = lambda p: loss_fn(apply_fn(p, x) / temperature, y)
+    loss = lambda p: loss_fn(apply_fn(p, x) / temperature, (x, y))
     grad_fn = jax.grad(loss)
     g = jax.lax.stop_gradient(grad_fn(params))
     _, hg = jax.jvp(grad_fn, (params,), (g,))

@@ -243,7 +243,7 @@ def initialize(method: str, key, params, density, *, apply_fn: Callable | None =
     apply_fn: ``(params, x) -> logits``; needed by ``snip``, ``grasp`` and
       ``synflow``.
     batch: ``(inputs, targets)`` scored by ``snip`` and ``grasp``.
-    loss_fn: ``(outputs, targets) -> scalar`` for ``snip`` and ``grasp``
+    loss_fn: ``(logits, batch) -> scalar`` for ``snip`` and ``grasp``
       (default: cross-entropy on integer labels or one-hot targets,
       :func:`eoi_jax.methods.pruning.classification_loss`).
     input_shape: one example's shape, for ``synflow`` (default
