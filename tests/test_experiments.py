@@ -2,6 +2,7 @@
 
 import dataclasses
 import importlib
+import json
 
 import pytest
 
@@ -66,3 +67,15 @@ def test_init_cost_writes_its_tables_and_figures(tmp_path):
     assert abs(float(row[1]) - float(row[2])) < 0.15
   for name in ("PROVENANCE.md", "timing.png", "density_law.png"):
     assert (tmp_path / name).exists()
+
+
+def test_vit_digits_learns_and_keeps_pruned_entries_zero(tmp_path):
+  """EOI on the attention, MLP and patch kernels of a ViT at 25%, AdamW."""
+  from experiments import vit_digits
+
+  assert vit_digits.main(["--epochs", "5", "--runs-dir", str(tmp_path / "run"),
+                          "--results-dir", str(tmp_path / "out")]) == 0
+  summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+  assert summary["largest_pruned_entry_after_training"] == 0.0
+  assert abs(summary["density"] - 0.25) < 0.01
+  assert summary["test_accuracy"] > 0.6  # chance: 0.1

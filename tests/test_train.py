@@ -123,19 +123,6 @@ def test_masked_weights_stay_zero_through_training(tmp_path, init):
     assert (density == 1.0) if init == "dense" else abs(density - 0.25) < 0.02
 
 
-def test_sparse_vit_learns_the_digits(tmp_path):
-  """The digits_vit preset: EOI attention, MLP and patch kernels at 25%, trained
-  with AdamW; masked entries stay zero."""
-  result = train_and_evaluate(make_config("digits_vit", epochs=5, quiet=True, devices=1,
-                                          checkpoint=False, run_dir=str(tmp_path / "vit")))
-  assert result.summary["test_accuracy"] > 0.6  # chance: 0.1
-  assert abs(result.sparsity.density - 0.25) < 0.01
-  query = result.state.params["blocks"]["attention"]["query"]["kernel"]
-  mask = result.state.masks["blocks"]["attention"]["query"]["kernel"]
-  assert query.shape == mask.shape == (2, 32, 4, 8)
-  assert np.all(np.asarray(query)[~np.asarray(mask)] == 0)
-
-
 def test_sharded_step_matches_single_device(tmp_path):
   one = train_and_evaluate(_config(tmp_path, "one", devices=1, epochs=1, checkpoint=False))
   eight = train_and_evaluate(_config(tmp_path, "eight", devices=8, epochs=1, checkpoint=False))

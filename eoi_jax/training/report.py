@@ -162,6 +162,19 @@ def _write_csv(path: Path, table_rows) -> None:
   tmp.replace(path)
 
 
+def _save(fig, ax, xlabel: str, ylabel: str, path: Path) -> Path:
+  """Labels ``ax``, adds its legend, writes ``fig`` to ``path`` and closes it."""
+  import matplotlib.pyplot as plt
+
+  ax.set_xlabel(xlabel)
+  ax.set_ylabel(ylabel)
+  ax.legend(fontsize=6)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+  return path
+
+
 def draw_figures(runs, directory: Path) -> list[Path]:
   """PNG figures (needs matplotlib); returns the paths written."""
   import matplotlib
@@ -180,13 +193,8 @@ def draw_figures(runs, directory: Path) -> list[Path]:
         ax.errorbar([p[0] for p in points], [p[1] for p in points], [p[2] for p in points],
                     marker="o", capsize=3, label=label)
     ax.set_xscale("log")
-    ax.set_xlabel("density")
-    ax.set_ylabel("final test accuracy")
-    ax.legend(fontsize=6)
-    fig.tight_layout()
-    written.append(directory / "accuracy_vs_density.png")
-    fig.savefig(written[-1], dpi=120)
-    plt.close(fig)
+    written.append(_save(fig, ax, "density", "final test accuracy",
+                         directory / "accuracy_vs_density.png"))
 
   fields = [f for f in varying_fields(runs) if f != "seed"]
   curves: dict = {}
@@ -200,14 +208,9 @@ def draw_figures(runs, directory: Path) -> list[Path]:
       epochs = sorted(by_epoch)
       ax.plot([e + 1 for e in epochs], [sum(by_epoch[e]) / len(by_epoch[e]) for e in epochs],
               label=label)
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("training loss (mean over seeds)")
     ax.set_yscale("log")
-    ax.legend(fontsize=6)
-    fig.tight_layout()
-    written.append(directory / "loss_curves.png")
-    fig.savefig(written[-1], dpi=120)
-    plt.close(fig)
+    written.append(_save(fig, ax, "epoch", "training loss (mean over seeds)",
+                         directory / "loss_curves.png"))
 
   jacobian = [r for r in runs if r["history"] and "jacobian_sv_mean" in r["history"][0]]
   if jacobian and len(densities) > 1:
