@@ -12,7 +12,7 @@ Writes ``summary.json`` (test accuracy, realised density, and the largest
 absolute value of any pruned entry after training: exactly 0) and
 ``PROVENANCE.md`` to ``experiments/results/vit_digits/``.
 
-Usage: python -m experiments.vit_digits [--epochs N] [--seed N]
+Usage: python -m experiments.vit_digits [--epochs N] [--seed N] [--dataset synthetic]
 """
 
 from __future__ import annotations
@@ -34,6 +34,8 @@ def main(argv=None) -> int:
   parser.add_argument("--epochs", type=int, default=15)
   parser.add_argument("--seed", type=int, default=0)
   parser.add_argument("--density", type=float, default=0.25)
+  parser.add_argument("--dataset", default="digits",
+                      help="digits (default; `eoi-jax data fetch digits`) or synthetic")
   parser.add_argument("--runs-dir", default="runs/experiments/vit_digits")
   parser.add_argument("--results-dir")
   args = parser.parse_args(argv)
@@ -41,7 +43,7 @@ def main(argv=None) -> int:
   from eoi_jax.training.train import train_and_evaluate
 
   try:
-    config = make_config("digits_vit", epochs=args.epochs, seed=args.seed,
+    config = make_config("digits_vit", epochs=args.epochs, seed=args.seed, dataset=args.dataset,
                          density=args.density, run_dir=args.runs_dir, quiet=True,
                          resume=False)
   except (TypeError, ValueError) as e:
@@ -52,7 +54,7 @@ def main(argv=None) -> int:
                for p, m in zip(jax.tree.leaves(result.state.params),
                                jax.tree.leaves(result.state.masks, is_leaf=lambda m: m is None))
                if m is not None)
-  summary = {"test_accuracy": result.summary["test_accuracy"],
+  summary = {"dataset": args.dataset, "test_accuracy": result.summary["test_accuracy"],
              "density": result.sparsity.density, "epochs": args.epochs, "seed": args.seed,
              "largest_pruned_entry_after_training": pruned}
   out = Path(args.results_dir or _common.REPO / "experiments" / "results" / "vit_digits")

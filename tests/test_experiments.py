@@ -24,9 +24,10 @@ def test_quick_grid_expands_and_its_first_run_starts(name, tmp_path, capsys):
       ["--runs-dir", str(tmp_path / "full")]))[2]
   assert len(full) > len(configs)
   assert {c.epochs for c in full} == {100}
-  # The first run, a few steps on the digits: the same model and method (a
-  # 1000-layer stack cut to 50 layers: the same scanned code, a minute less).
-  first = dataclasses.replace(configs[0], dataset="digits", limit=256, epochs=1,
+  # The first run, a few steps on synthetic 8x8 images (no download): the same
+  # model and method (a 1000-layer stack cut to 50 layers: the same scanned
+  # code, a minute less).
+  first = dataclasses.replace(configs[0], dataset="synthetic", limit=256, epochs=1,
                               batch_size=64, checkpoint=False, jacobian=False,
                               depth=min(configs[0].depth or 7, 50),
                               run_dir=str(tmp_path / "first"))
@@ -73,7 +74,8 @@ def test_vit_digits_learns_and_keeps_pruned_entries_zero(tmp_path):
   """EOI on the attention, MLP and patch kernels of a ViT at 25%, AdamW."""
   from experiments import vit_digits
 
-  assert vit_digits.main(["--epochs", "5", "--runs-dir", str(tmp_path / "run"),
+  assert vit_digits.main(["--epochs", "5", "--dataset", "synthetic",
+                          "--runs-dir", str(tmp_path / "run"),
                           "--results-dir", str(tmp_path / "out")]) == 0
   summary = json.loads((tmp_path / "out" / "summary.json").read_text())
   assert summary["largest_pruned_entry_after_training"] == 0.0
