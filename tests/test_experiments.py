@@ -25,11 +25,11 @@ def test_quick_grid_expands_and_its_first_run_starts(name, tmp_path, capsys):
   assert len(full) > len(configs)
   assert {c.epochs for c in full} == {100}
   # The first run, a few steps on synthetic 8x8 images (no download): the same
-  # model and method (a 1000-layer stack cut to 50 layers: the same scanned
+  # model and method (a 1000-layer stack cut to 8 layers: the same scanned
   # code, a minute less).
   first = dataclasses.replace(configs[0], dataset="synthetic", limit=256, epochs=1,
                               batch_size=64, checkpoint=False, jacobian=False,
-                              depth=min(configs[0].depth or 7, 50),
+                              depth=min(configs[0].depth or 7, 8),
                               run_dir=str(tmp_path / "first"))
   result, = multirun.train_runs([first])
   assert result.summary["epochs_done"] == 1 and result.history[0]["train_loss"] > 0
