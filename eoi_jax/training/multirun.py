@@ -103,13 +103,15 @@ def _gather_runs(images, labels, orders, start, batch_size, sharding):
 class RunsLoader:
   """The training batches of several runs, each in its own seed's order
   (exactly the batches :class:`eoi_jax.training.data.Loader` gives that run
-  alone), stacked along a run axis sharded over ``mesh``'s ``runs`` axis."""
+  alone), stacked along a run axis sharded over ``mesh``'s ``runs`` axis. The
+  split is placed on the devices once for all runs."""
 
   def __init__(self, split, batch_size: int, seeds, mesh):
-    self.loaders = [data.Loader(split, batch_size, _one_device_mesh(), train=True, seed=s)
-                    for s in seeds]
-    self.batch_size = batch_size
-    self.steps_per_epoch = self.loaders[0].steps_per_epoch
+    if batch_size <= 0 or len(split) < batch_size:
+      raise ValueError(f"batch_size {batch_size} exceeds the {len(split)} examples of the "
+                       "training split")
+    self.seeds, self.size, self.batch_size = list(seeds), len(split), batch_size
+    self.steps_per_epoch = self.size // batch_size
     self.sharding = jax.sharding.NamedSharding(mesh, jax.P("runs"))
     replicated = jax.sharding.NamedSharding(mesh, jax.P())
     self._images = jax.device_put(split.images, replicated)
@@ -117,7 +119,8 @@ class RunsLoader:
 
   def epoch(self, epoch: int):
     length = self.steps_per_epoch * self.batch_size
-    orders = jnp.asarray(np.stack([l._order(epoch, length) for l in self.loaders]), jnp.int32)
+    orders = jnp.asarray(np.stack([data.example_order(self.size, length, s, epoch)
+                                   for s in self.seeds]), jnp.int32)
     for step in range(self.steps_per_epoch):
       yield _gather_runs(self._images, self._labels, orders, step * self.batch_size,
                          self.batch_size, self.sharding)
@@ -202,12 +205,10 @@ def train_runs(configs, *, dataset: data.Dataset | None = None,
   eval_loaders = {name: data.Loader(split, base.batch_size, _one_device_mesh(), train=False)
                   for name, split in (("val", dataset.val), ("test", dataset.test)) if len(split)}
   one = jax.sharding.NamedSharding(_one_device_mesh(), jax.P())
-  built = []
-  for c, run_loader in zip(configs, loader.loaders):
-    first = next(iter(run_loader.epoch(0)))
-    built.append(train_lib.create_train_state(
-        c, dataset.info, (data.normalize(first.images, dataset.info), first.labels),
-        loader.steps_per_epoch, one))
+  first = jax.device_put(next(iter(loader.epoch(0))), one)  # each run's scoring batch
+  built = [train_lib.create_train_state(
+      c, dataset.info, (data.normalize(first.images[r], dataset.info), first.labels[r]),
+      loader.steps_per_epoch, one) for r, c in enumerate(configs)]
   spec = built[0][0]
   states = [b[1] for b in built]
   _same_structure(states, configs)
@@ -248,15 +249,11 @@ def _restore(configs, runs, stores, state):
     except NoGoodCheckpoint:
       restored.append(None)
   if all(r is not None for r in restored) and len({r[0] for r in restored}) == 1:
-    return restored[0][0] + 1, jax.device_put(_stack([r[1] for r in restored]), state_sharding(
-        state))
+    shardings = jax.tree.map(lambda x: x.sharding, state)
+    return restored[0][0] + 1, jax.device_put(_stack([r[1] for r in restored]), shardings)
   for store in stores:
     store.clear()
   return 0, state
-
-
-def state_sharding(state):
-  return jax.tree.map(lambda x: x.sharding, state)
 
 
 def _run_epochs(configs, runs, stores, spec, state, sparsities, step_fn, eval_fn, zeros,

@@ -20,6 +20,7 @@ from eoi_jax.training.data.formats import CorruptFileError
 from eoi_jax.training.data.pipeline import Batch
 from eoi_jax.training.data.pipeline import Loader
 from eoi_jax.training.data.pipeline import augment
+from eoi_jax.training.data.pipeline import example_order
 from eoi_jax.training.data.pipeline import normalize
 from eoi_jax.training.data.pipeline import preprocess
 from eoi_jax.training.data.provision import FetchError
@@ -32,6 +33,6 @@ from eoi_jax.training.data.specs import DatasetSpec
 
 __all__ = [
     "DATASETS", "SPECS", "Batch", "CorruptFileError", "Dataset", "DatasetInfo", "DatasetSpec",
-    "FetchError", "Loader", "Split", "augment", "default_data_dir", "fetch", "formats", "load",
+    "FetchError", "Loader", "Split", "augment", "default_data_dir", "example_order", "fetch", "formats", "load",
     "normalize", "pipeline", "preprocess", "split_train_val", "synthetic", "verify",
 ]
