@@ -63,7 +63,7 @@ def _rate(step, state, batches, sums, steps: int):
   state, sums = step(state, batches[0], sums)
   jax.block_until_ready(sums)
   compile_s = time.perf_counter() - start
-  bounded = train._Bounded()
+  bounded = train.BoundedSteps()
   warm_until = time.perf_counter() + 2.0  # the first steps after a compile run slow on CPU
   while time.perf_counter() < warm_until:
     state, sums = step(state, batches[1], sums)
@@ -87,11 +87,11 @@ def measure(key: str, ks, steps: int):
   rows = []
   for k in ks:
     spec, states = _states(key, list(range(k)), batches[0])
-    stacked = multirun._stack(states)
+    stacked = multirun.stack_runs(states)
     run_batches = [jax.tree.map(lambda a: jnp.broadcast_to(a, (k,) + a.shape), b)
                    for b in batches]
     together_step = multirun.runs_train_step(spec)
-    zeros = multirun._stack([train.zero_metrics()] * k)
+    zeros = multirun.stack_runs([train.zero_metrics()] * k)
     compile_s, together = _rate(together_step, stacked, run_batches, zeros, max(steps // 2, 3))
     rows.append((MODELS[key][0], k, f"{sequential:.1f}", f"{together:.2f}",
                  f"{k * together / sequential:.2f}", f"{seq_compile:.1f}", f"{compile_s:.1f}"))

@@ -130,7 +130,8 @@ def _one_device_mesh():
   return jax.sharding.Mesh(np.array(jax.devices()[:1]), ("data",))
 
 
-def _stack(trees):
+def stack_runs(trees):
+  """Trees of equal structure stacked along a new leading run axis."""
   return jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
 
 
@@ -212,12 +213,12 @@ def train_runs(configs, *, dataset: data.Dataset | None = None,
   spec = built[0][0]
   states = [b[1] for b in built]
   _same_structure(states, configs)
-  state = jax.device_put(_stack(states), by_run)
+  state = jax.device_put(stack_runs(states), by_run)
   sparsities = [b[2] for b in built]
 
   step_fn = runs_train_step(spec)
   eval_fn = runs_eval_step(spec)
-  zeros = jax.device_put(_stack([train_lib.zero_metrics()] * len(configs)), by_run)
+  zeros = jax.device_put(stack_runs([train_lib.zero_metrics()] * len(configs)), by_run)
 
   locked = []
   stores = []
@@ -250,7 +251,7 @@ def _restore(configs, runs, stores, state):
       restored.append(None)
   if all(r is not None for r in restored) and len({r[0] for r in restored}) == 1:
     shardings = jax.tree.map(lambda x: x.sharding, state)
-    return restored[0][0] + 1, jax.device_put(_stack([r[1] for r in restored]), shardings)
+    return restored[0][0] + 1, jax.device_put(stack_runs([r[1] for r in restored]), shardings)
   for store in stores:
     store.clear()
   return 0, state
@@ -275,7 +276,7 @@ def _run_epochs(configs, runs, stores, spec, state, sparsities, step_fn, eval_fn
   for epoch in range(start_epoch, base.epochs):
     if stop_after_epoch is not None and epoch >= stop_after_epoch:
       break
-    sums, bounded = zeros, train_lib._Bounded()
+    sums, bounded = zeros, train_lib.BoundedSteps()
     started = time.perf_counter()
     jacobian = [{} for _ in configs]
     for i, batch in enumerate(loader.epoch(epoch)):
@@ -333,7 +334,7 @@ def _run_epochs(configs, runs, stores, spec, state, sparsities, step_fn, eval_fn
 def _evaluate_runs(eval_fn, state, loader, name, zeros, replicated) -> list[dict]:
   """Each run's loss and accuracy on ``loader`` (one batch, replicated over
   the runs' devices, serves all runs)."""
-  bounded = train_lib._Bounded()
+  bounded = train_lib.BoundedSteps()
   sums = zeros
   for batch in loader.epoch(0):
     sums = bounded.push(eval_fn(state, jax.device_put(batch, replicated), sums))

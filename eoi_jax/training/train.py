@@ -232,7 +232,7 @@ def make_optimizer(config: Config, masks, steps_per_epoch: int) -> optax.Gradien
   return optim.static_sparse(optax.chain(inner, optax.scale_by_schedule(shape)), masks)
 
 
-class _Bounded:
+class BoundedSteps:
   """Keeps at most ``depth`` dispatched steps ahead of the host: pushing the
   metrics of step ``k`` waits for those of step ``k - depth``."""
 
@@ -260,7 +260,7 @@ def evaluate(step_fn, state: TrainState, loader: data.Loader, name: str, sums: d
   Returns:
     ``{f"{name}_loss": ..., f"{name}_accuracy": ...}``.
   """
-  bounded = _Bounded()
+  bounded = BoundedSteps()
   for batch in loader.epoch(0):
     sums = bounded.push(step_fn(state, batch, sums))
   totals = jax.device_get(sums)
@@ -384,7 +384,7 @@ def _run_epochs(config, run, store, spec, state, sparsity, step_fn, eval_fn, zer
     if stop_after_epoch is not None and epoch >= stop_after_epoch:
       break
     record = {"epoch": epoch}
-    sums, bounded = zeros, _Bounded()
+    sums, bounded = zeros, BoundedSteps()
     started, compile_s = time.perf_counter(), 0.0
     for i, batch in enumerate(train_loader.epoch(epoch)):
       if i == 0 and config.jacobian:
