@@ -4,8 +4,9 @@ A *mask tree* has the structure of its params tree (see :mod:`eoi_jax.layers`):
 each maskable leaf holds a bool array of the leaf's shape (``True`` =
 trainable weight), every other leaf holds ``None`` (not masked), as in
 jaxpruner. Everything that takes a mask tree also accepts a scalar ``True``
-there (the old convention); :func:`to_optax_masked` and
-:func:`from_jaxpruner` convert to and from the other conventions.
+there (the old convention). :func:`to_jaxpruner`/:func:`from_jaxpruner` and
+:func:`to_optax_masked`/:func:`from_optax_masked` convert to and from the
+other conventions.
 
 Example:
   >>> dens = allocation.erk(params, 0.1)
@@ -56,6 +57,48 @@ def to_optax_masked(masks):
   """For ``optax.masked``: ``True`` on leaves that have a mask, ``False`` elsewhere
   (e.g. to decay only the masked kernels)."""
   return jax.tree.map(lambda m: not _is_unmasked(m), masks, is_leaf=lambda m: m is None)
+
+
+def from_optax_masked(flags, params):
+  """An ``optax.masked``-style selection as a mask tree: all-``True`` bool arrays
+  (dense) on the selected leaves, ``None`` elsewhere.
+
+  ``optax.masked`` trees say *which leaves* a transform touches, not which
+  entries, so the result is the dense mask of the selected leaves; a mask
+  maker (e.g. :func:`random_masks`) then decides the entries.
+  ``to_optax_masked(from_optax_masked(flags, params))`` gives ``flags`` back.
+
+  Args:
+    flags: a tree of Python or array booleans with the structure of ``params``
+      or a prefix of it (a flag covers its whole subtree), or a callable
+      ``params -> flags``, as ``optax.masked`` accepts.
+    params: the params tree.
+
+  Returns:
+    A mask tree with the structure of ``params``.
+
+  Example:
+    >>> flags = {"dense": {"kernel": True, "bias": False}}
+    >>> from_optax_masked(flags, params)["dense"]["bias"] is None
+    True
+  """
+  if callable(flags):
+    flags = flags(params)
+
+  def expand(flag, subtree):
+    if isinstance(flag, (bool, np.bool_)) or (
+        hasattr(flag, "dtype") and jnp.shape(flag) == () and jnp.issubdtype(flag.dtype, jnp.bool_)):
+      flag = bool(flag)
+    else:
+      raise TypeError(f"flags: optax.masked-style leaves must be booleans, got {flag!r}")
+    return jax.tree.map(lambda leaf: jnp.ones(jnp.shape(leaf), jnp.bool_) if flag else None,
+                        subtree)
+
+  try:
+    return jax.tree.map(expand, flags, params)
+  except ValueError as e:
+    raise ValueError(f"flags must have the structure of the params or a prefix of it ({e})") \
+        from None
 
 
 def to_jaxpruner(masks):

@@ -197,3 +197,36 @@ def test_conversions_to_and_from_jaxpruner_and_optax_masked():
   m = np.asarray(masks["dense1"]["kernel"])
   assert np.all(kernel[~m] == 0) and np.all(kernel[m] == -1.0)  # -lr * wd * w, w = 1
   np.testing.assert_array_equal(updates["bn"]["scale"], 0.0)  # not decayed
+
+
+def test_from_optax_masked_round_trips_and_accepts_prefixes_and_callables():
+  params = _params()
+  flags = masking.to_optax_masked(
+      masking.random_masks(jax.random.key(0), params, allocation.uniform(params, 0.3)))
+  dense = masking.from_optax_masked(flags, params)
+  assert masking.to_optax_masked(dense) == flags
+  for path, leaf in jax.tree_util.tree_leaves_with_path(params):
+    mask = dense
+    for k in path:
+      mask = mask[k.key]
+    flag = flags
+    for k in path:
+      flag = flag[k.key]
+    if flag:
+      assert mask.dtype == jnp.bool_ and mask.shape == leaf.shape and bool(mask.all())
+    else:
+      assert mask is None
+  # a prefix flag covers its subtree; a callable is called on the params (as optax.masked does)
+  prefix = {k: k == "bn" for k in params}
+  by_prefix = masking.from_optax_masked(prefix, params)
+  assert by_prefix["bn"]["scale"].shape == params["bn"]["scale"].shape
+  assert by_prefix["dense1"]["kernel"] is None
+  by_callable = masking.from_optax_masked(lambda p: jax.tree.map(lambda x: x.ndim == 2, p), params)
+  assert by_callable["dense1"]["kernel"].shape == params["dense1"]["kernel"].shape
+  assert by_callable["dense1"]["bias"] is None
+  # the dense masks work with a mask maker's output and the static-sparse transform as they are
+  assert jax.tree.structure(masking.apply_masks(params, by_callable)) == jax.tree.structure(params)
+  with pytest.raises(TypeError, match="flags"):
+    masking.from_optax_masked(jax.tree.map(lambda x: "yes", params), params)
+  with pytest.raises(ValueError, match="flags must have the structure"):
+    masking.from_optax_masked({"nope": True}, params)
