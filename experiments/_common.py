@@ -33,6 +33,8 @@ class Experiment(NamedTuple):
     base: ``(quick, epochs) -> Config``.
     grids: ``(quick, seeds) -> [grid, ...]``.
     default_seeds: seeds of the full protocol and of ``--quick``.
+    datasets: the datasets ``--dataset`` offers, the paper's first; empty:
+      the base config's dataset only.
   """
 
   name: str
@@ -40,6 +42,7 @@ class Experiment(NamedTuple):
   base: Callable
   grids: Callable
   default_seeds: tuple[int, int] = (5, 2)
+  datasets: tuple[str, ...] = ()
 
 
 def parser(experiment: Experiment) -> argparse.ArgumentParser:
@@ -55,6 +58,10 @@ def parser(experiment: Experiment) -> argparse.ArgumentParser:
   p.add_argument("--runs-dir", help="where the runs live (default runs/experiments/NAME)")
   p.add_argument("--results-dir",
                  help="where tables and figures go (default experiments/results/NAME)")
+  if experiment.datasets:
+    p.add_argument("--dataset", choices=experiment.datasets, default=experiment.datasets[0],
+                   help=f"the data (default {experiment.datasets[0]}, the paper's; the others "
+                   "where it is absent: the table says which was used)")
   p.add_argument("--dry-run", action="store_true", help="print the grid's size and stop")
   p.add_argument("--quiet", action="store_true")
   return p
@@ -70,11 +77,15 @@ def configs(experiment: Experiment, args) -> tuple:
     raise ValueError(f"--seeds must be >= 1, got {seeds}")
   if args.epochs is not None and args.epochs < 1:
     raise ValueError(f"--epochs must be >= 1, got {args.epochs}")
-  suffix = "-quick" if args.quick else ""
+  dataset = getattr(args, "dataset", None)
+  suffix = ("" if dataset in (None, experiment.datasets[0] if experiment.datasets else None)
+            else f"-{dataset}") + ("-quick" if args.quick else "")
   runs_dir = Path(args.runs_dir or Path("runs") / "experiments" / (experiment.name + suffix))
   results_dir = Path(args.results_dir or REPO / "experiments" / "results" /
                      (experiment.name + suffix))
   base = experiment.base(args.quick, args.epochs)
+  if dataset is not None:
+    base = replace(base, dataset=dataset)
   grids = experiment.grids(args.quick, seeds)
   return base, grids, sweep.expand(base, grids, runs_dir), runs_dir, results_dir
 

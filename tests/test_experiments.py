@@ -9,7 +9,13 @@ import pytest
 from eoi_jax.training import multirun
 from experiments import _common
 
-EXPERIMENTS = ["mlp_density", "mlp_loss_curves", "mlp_1000"]
+# EfficientNet-B0's first run is compile-bound (about 100 s on 2 cores: 82
+# layers of distinct shapes), so it runs with -m slow; its grid is checked below.
+EXPERIMENTS = ["mlp_density", "mlp_loss_curves", "mlp_1000", "cnn_1000", "cifar_cnns",
+               pytest.param("tiny_imagenet", marks=pytest.mark.slow)]
+# Smaller members of the same model families for the first-run check: the
+# same code paths, a fraction of the compile time.
+SMALLER = {"resnet32": "resnet8"}
 
 
 @pytest.mark.parametrize("name", EXPERIMENTS)
@@ -23,13 +29,14 @@ def test_quick_grid_expands_and_its_first_run_starts(name, tmp_path, capsys):
   full = _common.configs(experiment, _common.parser(experiment).parse_args(
       ["--runs-dir", str(tmp_path / "full")]))[2]
   assert len(full) > len(configs)
-  assert {c.epochs for c in full} == {100}
+  assert {c.epochs for c in full} == {{"cifar_cnns": 200, "tiny_imagenet": 120}.get(name, 100)}
   # The first run, a few steps on synthetic 8x8 images (no download): the same
   # model and method (a 1000-layer stack cut to 8 layers: the same scanned
   # code, a minute less).
   first = dataclasses.replace(configs[0], dataset="synthetic", limit=256, epochs=1,
                               batch_size=64, checkpoint=False, jacobian=False,
                               depth=min(configs[0].depth or 7, 8),
+                              model=SMALLER.get(configs[0].model, configs[0].model),
                               run_dir=str(tmp_path / "first"))
   result, = multirun.train_runs([first])
   assert result.summary["epochs_done"] == 1 and result.history[0]["train_loss"] > 0
@@ -81,3 +88,40 @@ def test_vit_digits_learns_and_keeps_pruned_entries_zero(tmp_path):
   assert summary["largest_pruned_entry_after_training"] == 0.0
   assert abs(summary["density"] - 0.25) < 0.01
   assert summary["test_accuracy"] > 0.6  # chance: 0.1
+
+
+def test_dataset_option_changes_the_data_the_directories_and_the_table(tmp_path):
+  from eoi_jax.training import report
+
+  experiment = importlib.import_module("experiments.cnn_1000").EXPERIMENT
+  default = _common.configs(experiment, _common.parser(experiment).parse_args(["--quick"]))
+  assert default[0].dataset == "cifar10" and default[4].name == "cnn_1000-quick"
+  args = _common.parser(experiment).parse_args(["--quick", "--dataset", "mnist"])
+  base, _, configs, runs_dir, results_dir = _common.configs(experiment, args)
+  assert {c.dataset for c in configs} == {"mnist"}
+  assert runs_dir.name == results_dir.name == "cnn_1000-mnist-quick"
+  with pytest.raises(SystemExit):
+    _common.parser(experiment).parse_args(["--dataset", "imagenet"])
+  runs = [{"name": "a", "config": {"dataset": "mnist", "init": "eoi", "density": 0.1, "seed": 0},
+           "summary": {"test_accuracy": 0.5}, "history": []}]
+  assert "test accuracy on mnist" in report.table(runs)
+
+
+def test_full_grids_hold_the_paper_variants():
+  def expand(name):
+    experiment = importlib.import_module(f"experiments.{name}").EXPERIMENT
+    return _common.configs(experiment, _common.parser(experiment).parse_args(["--seeds", "1"]))[2]
+
+  cnn = expand("cnn_1000")
+  assert {(c.init, c.allocator, c.structured) for c in cnn} >= {
+      ("eoi", "uniform_dense_ends", False), ("uniform+eoi", "uniform", True),
+      ("erk+eoi", "uniform", True), ("sao", "uniform", False), ("dense", "uniform", False)}
+  assert len(cnn) == 15 + 1 + 2 + 1 + 1
+  cifar = expand("cifar_cnns")
+  assert {c.model for c in cifar} == {"resnet32", "resnet56", "resnet110", "vgg16"}
+  assert {(c.model, c.activation) for c in cifar if c.activation != "relu"} == {
+      (m, a) for m in ("resnet32", "vgg16") for a in ("tanh", "leaky_relu", "selu")}
+  assert {c.density for c in cifar} == {0.05, 0.1, 1.0}
+  tiny = expand("tiny_imagenet")
+  assert {(c.model, c.dataset, c.lr, c.weight_decay, c.epochs) for c in tiny} == {
+      ("efficientnet_b0", "tiny_imagenet", 0.01, 1e-3, 120)}

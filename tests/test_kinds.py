@@ -249,7 +249,7 @@ def test_models_layouts_and_eoi(name, make, expected):
 
 
 def test_snip_with_one_hot_labels_and_a_custom_loss():
-  model = models.build("vit", (8, 8, 1), 10, depth=1, width=16)
+  model = models.build("mlp", (8, 8, 1), 10, depth=2, width=16)
   x = jax.random.normal(jax.random.key(0), (8, 8, 8, 1))
   labels = jnp.arange(8) % 10
   by_int = methods.initialize_model("snip", jax.random.key(1), model, 0.2, batch=(x, labels))

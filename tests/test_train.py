@@ -60,6 +60,21 @@ def test_models_build_run_and_expose_kernels(name, shape, kwargs):
   assert out.shape == (2, 10)
 
 
+def test_efficientnet_b0_blocks_depthwise_convs_and_size():
+  model = models.build("efficientnet_b0", (32, 32, 3), 10)
+  assert len(model.blocks) == 16
+  depthwise = [b.depthwise for b in model.blocks]
+  assert all(c.feature_group_count == c.in_features == c.out_features for c in depthwise)
+  assert [c.kernel_size for c in depthwise].count((5, 5)) == 2 + 3 + 4
+  # Tan & Le 2019: 5.3M parameters with the 1000-class head; 10 classes here
+  size = sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
+  assert size == pytest.approx(5.29e6 - 1281 * 990, rel=0.01)
+  kinds = {l.name: l.kind for l in layers.model_layout(model)}
+  assert kinds["blocks/3/depthwise/kernel"].groups == 144
+  model.eval()
+  assert nnx.jit(lambda m, x: m(x))(model, jnp.ones((2, 32, 32, 3))).shape == (2, 10)
+
+
 def test_resnet_depths_and_errors():
   model = models.build("resnet56", (8, 8, 3), 10)
   assert len(model.blocks) == 27

@@ -34,6 +34,7 @@ class Config:
   gain: float = 1.0  # sigma_w
   bias_std: float = 0.0  # sigma_b
   center_density: Optional[Union[float, str]] = None  # conv centre tap: None | "sqrt" | float
+  structured: bool = False  # EIS: a conv's EOI mask is its centre mask on every tap
   ai_steps: int = 10_000  # approximate-isometry steps for init=ai / <method>+ai
   sao_degree: Optional[int] = None  # init=sao: one degree for all sparse layers (default: density)
   # Optimisation.
@@ -72,6 +73,10 @@ PRESETS = {
                              epochs=200, activation="relu"),
     "cifar10_vgg16": dict(dataset="cifar10", model="vgg16", density=0.1, lr=0.1, epochs=200,
                           activation="relu"),
+    # EfficientNet-B0 at density 0.1 on Tiny ImageNet (the paper's settings).
+    "tiny_imagenet_efficientnet": dict(dataset="tiny_imagenet", model="efficientnet_b0",
+                                       density=0.1, lr=0.01, epochs=120, weight_decay=1e-3,
+                                       activation="relu"),
     # A sparse Vision Transformer (EOI attention, MLP and patch kernels) on
     # the 8x8 digits, in well under a minute on a CPU.
     "digits_vit": dict(dataset="digits", model="vit", depth=2, width=32, density=0.25,

@@ -19,6 +19,8 @@ Models (``build(name, ...)``):
     channels, batch norm, 1x1 conv shortcuts when shapes change).
   * ``vgg16``: VGG-16 variant C (1x1 convs as the third conv of stages 3-5)
     with batch norm and a linear head.
+  * ``efficientnet_b0``: EfficientNet-B0 (MBConv blocks with depthwise convs
+    and squeeze-and-excitation, batch norm; swish by default).
   * ``vit``: a small Vision Transformer (patch embedding conv, pre-norm
     blocks of ``nnx.MultiHeadAttention`` and a GELU MLP created with
     ``nnx.vmap`` and run with ``nnx.scan``, mean-pooled tokens, linear head):
@@ -41,6 +43,7 @@ ACTIVATIONS: dict[str, Callable] = {
     "relu": jax.nn.relu,
     "leaky_relu": jax.nn.leaky_relu,
     "selu": jax.nn.selu,
+    "swish": jax.nn.silu,
 }
 
 
@@ -152,14 +155,16 @@ class DeepCNN(nnx.Module):
                width: int = 128, activation_name: str = "tanh", rngs: nnx.Rngs):
     if depth < 3:
       raise ValueError(f"depth must be >= 3, got {depth}")
-    if image_size % 8:
-      raise ValueError(f"image_size must be a multiple of 8, got {image_size}")
+    if image_size < 8:
+      raise ValueError(f"image_size must be >= 8, got {image_size}")
     self.act = activation(activation_name)
     self.stem = CircularConv(in_channels, width, 1, rngs=rngs)
     self.down1 = CircularConv(width, width, 2, rngs=rngs)
     self.down2 = CircularConv(width, width, 2, rngs=rngs)
     self.convs = ConvStack(depth - 3, width, self.act, rngs=rngs) if depth > 3 else None
-    features = width * (image_size // 8) ** 2
+    # Two stride-2 circular convs (ceil halving), then a 2x2 average pool (floor).
+    side = -(-(-(-image_size // 2)) // 2) // 2
+    features = width * side ** 2
     self.head = nnx.Linear(features, num_classes, rngs=rngs)
 
   def __call__(self, x):
@@ -227,8 +232,9 @@ class ResNet(nnx.Module):
 
 
 class ConvBN(nnx.Module):
-  def __init__(self, cin, cout, size, *, rngs):
-    self.conv = nnx.Conv(cin, cout, size, padding="SAME", use_bias=False, rngs=rngs)
+  def __init__(self, cin, cout, size, *, stride=1, rngs):
+    self.conv = nnx.Conv(cin, cout, size, strides=stride, padding="SAME", use_bias=False,
+                         rngs=rngs)
     self.bn = nnx.BatchNorm(cout, rngs=rngs)
 
   def __call__(self, x):
@@ -269,6 +275,79 @@ class VGG(nnx.Module):
 
   def sparsity_spec(self) -> SparsitySpec:
     return SparsitySpec({}, ("layers/0/conv/kernel", "head/kernel"))
+
+
+# EfficientNet-B0 (Tan & Le 2019, Table 1): per stage (expand ratio, kernel
+# size, stride, output channels, repeats).
+EFFICIENTNET_B0 = ((1, 3, 1, 16, 1), (6, 3, 2, 24, 2), (6, 5, 2, 40, 2), (6, 3, 2, 80, 3),
+                   (6, 5, 1, 112, 3), (6, 5, 2, 192, 4), (6, 3, 1, 320, 1))
+
+
+class SqueezeExcite(nnx.Module):
+  """Channel gates from the pooled features: ``x * sigmoid(W2 act(W1 mean(x)))``."""
+
+  def __init__(self, channels, reduced, act, *, rngs):
+    self.reduce = nnx.Linear(channels, reduced, rngs=rngs)
+    self.expand = nnx.Linear(reduced, channels, rngs=rngs)
+    self.act = act
+
+  def __call__(self, x):
+    gate = self.expand(self.act(self.reduce(x.mean(axis=(1, 2)))))
+    return x * jax.nn.sigmoid(gate)[:, None, None, :]
+
+
+class MBConv(nnx.Module):
+  """Inverted residual: 1x1 expansion, depthwise k x k conv (``feature_group_count``
+  = channels), squeeze-and-excitation (ratio 0.25 of the block's input), 1x1
+  projection; a residual when the shape is kept."""
+
+  def __init__(self, cin, cout, expand, size, stride, act, *, rngs):
+    hidden = cin * expand
+    self.expand = ConvBN(cin, hidden, (1, 1), rngs=rngs) if expand != 1 else None
+    self.depthwise = nnx.Conv(hidden, hidden, (size, size), strides=stride, padding="SAME",
+                              feature_group_count=hidden, use_bias=False, rngs=rngs)
+    self.depthwise_bn = nnx.BatchNorm(hidden, rngs=rngs)
+    self.se = SqueezeExcite(hidden, max(1, cin // 4), act, rngs=rngs)
+    self.project = ConvBN(hidden, cout, (1, 1), rngs=rngs)
+    self.residual = stride == 1 and cin == cout
+    self.act = act
+
+  def __call__(self, x):
+    y = self.act(self.expand(x)) if self.expand is not None else x
+    y = self.se(self.act(self.depthwise_bn(self.depthwise(y))))
+    y = self.project(y)
+    return x + y if self.residual else y
+
+
+class EfficientNet(nnx.Module):
+  """EfficientNet-B0: a stride-2 3x3 stem (32 channels), the seven MBConv stages of
+  :data:`EFFICIENTNET_B0`, a 1x1 conv to 1280 channels, global average pool and a
+  linear head; batch norm after every conv. Stochastic depth and dropout are left
+  out (the deterministic train step has no dropout key)."""
+
+  def __init__(self, in_channels: int, num_classes: int, *, activation_name: str = "swish",
+               rngs: nnx.Rngs):
+    self.act = activation(activation_name)
+    self.stem = ConvBN(in_channels, 32, (3, 3), stride=2, rngs=rngs)
+    blocks, cin = [], 32
+    for expand, size, stride, cout, repeats in EFFICIENTNET_B0:
+      for i in range(repeats):
+        blocks.append(MBConv(cin, cout, expand, size, stride if i == 0 else 1, self.act,
+                             rngs=rngs))
+        cin = cout
+    self.blocks = nnx.List(blocks)
+    self.top = ConvBN(cin, 1280, (1, 1), rngs=rngs)
+    self.head = nnx.Linear(1280, num_classes, rngs=rngs)
+
+  def __call__(self, x):
+    x = self.act(self.stem(x))
+    for block in self.blocks:
+      x = block(x)
+    x = self.act(self.top(x))
+    return self.head(x.mean(axis=(1, 2)))
+
+  def sparsity_spec(self) -> SparsitySpec:
+    return SparsitySpec({}, ("stem/conv/kernel", "head/kernel"))
 
 
 class EncoderBlock(nnx.Module):
@@ -353,6 +432,11 @@ def _vgg16(image_shape, num_classes, depth, width, activation_name, rngs):
   return VGG(image_shape[-1], num_classes, activation_name=activation_name or "relu", rngs=rngs)
 
 
+def _efficientnet_b0(image_shape, num_classes, depth, width, activation_name, rngs):
+  return EfficientNet(image_shape[-1], num_classes, activation_name=activation_name or "swish",
+                      rngs=rngs)
+
+
 def _vit(image_shape, num_classes, depth, width, activation_name, rngs):
   if activation_name not in (None, "gelu"):
     raise ValueError(f"vit uses GELU; activation must be unset, got {activation_name!r}")
@@ -369,6 +453,7 @@ MODELS = {
     "resnet110": _resnet(110),
     "vgg16": _vgg16,
     "vit": _vit,
+    "efficientnet_b0": _efficientnet_b0,
 }
 """Models by name: ``(image_shape, num_classes, depth, width, activation_name, rngs) -> model``."""
 
