@@ -23,6 +23,9 @@ from typing import Callable, NamedTuple
 
 REPO = Path(__file__).resolve().parents[1]
 
+QUICK_PROBE = ("uniform", "uniform+eoi")
+"""The ``--quick`` methods of the deep networks' grids: does the loss move at all?"""
+
 
 class Experiment(NamedTuple):
   """One paper experiment.
@@ -135,6 +138,22 @@ def main(experiment: Experiment, argv=None) -> int:
   print(f"results: {results}")
   print((results_dir / "table.md").read_text(), end="")
   return 0
+
+
+def method_grids(methods, seeds: int, *, dense: bool = True, **fields) -> list[dict]:
+  """The grid of ``methods`` over ``seeds`` seeds (``fields``: other values, one
+  or a list each), and with ``dense`` the dense reference (density 1.0) beside it.
+
+  Example:
+    >>> method_grids(["uniform", "uniform+eoi"], 2, model="resnet32")
+    [{'init': ['uniform', 'uniform+eoi'], 'model': ['resnet32'], 'seed': [0, 1]},
+     {'init': ['dense'], 'model': ['resnet32'], 'density': [1.0], 'seed': [0, 1]}]
+  """
+  fixed = {k: list(v) if isinstance(v, (list, tuple)) else [v] for k, v in fields.items()}
+  out = [{"init": list(methods), **fixed, "seed": list(range(seeds))}]
+  if dense:
+    out.append({"init": ["dense"], **fixed, "density": [1.0], "seed": list(range(seeds))})
+  return out
 
 
 def replace(config, **changes):

@@ -42,21 +42,15 @@ def base(quick: bool, epochs: int | None):
 
 
 def grids(quick: bool, seeds: int) -> list[dict]:
-  seed_list = list(range(seeds))
   if quick:
-    return [{"init": list(QUICK_METHODS), "density": [0.1], "seed": seed_list},
-            {"init": ["dense"], "density": [1.0], "seed": seed_list}]
+    return _common.method_grids(QUICK_METHODS, seeds, density=0.1)
   out = []
   for model in MODELS:
-    out.append({"model": [model], "init": list(mlp_density.METHODS), "density": list(DENSITIES),
-                "seed": seed_list})
-    out.append({"model": [model], "init": ["dense"], "density": [1.0], "seed": seed_list})
+    out += _common.method_grids(mlp_density.METHODS, seeds, model=model, density=DENSITIES)
   for model in ABLATION_MODELS:
     for activation in ABLATION_ACTIVATIONS:
-      out.append({"model": [model], "activation": [activation],
-                  "init": list(mlp_density.METHODS), "density": [0.1], "seed": seed_list})
-      out.append({"model": [model], "activation": [activation], "init": ["dense"],
-                  "density": [1.0], "seed": seed_list})
+      out += _common.method_grids(mlp_density.METHODS, seeds, model=model,
+                                  activation=activation, density=0.1)
   return out
 
 

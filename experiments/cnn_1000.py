@@ -40,15 +40,12 @@ def base(quick: bool, epochs: int | None):
 
 
 def grids(quick: bool, seeds: int) -> list[dict]:
-  seed_list = list(range(seeds))
   if quick:
-    return [{"init": ["uniform", "uniform+eoi"], "seed": seed_list},
-            {"init": ["dense"], "density": [1.0], "seed": seed_list}]
-  return [{"init": list(mlp_density.METHODS), "seed": seed_list},
-          {"init": ["eoi"], "allocator": ["uniform_dense_ends"], "seed": seed_list},
-          {"init": ["uniform+eoi", "erk+eoi"], "structured": [True], "seed": seed_list},
-          {"init": ["sao"], "sao_degree": [16], "seed": seed_list},
-          {"init": ["dense"], "density": [1.0], "seed": seed_list}]
+    return _common.method_grids(_common.QUICK_PROBE, seeds)
+  return (_common.method_grids(mlp_density.METHODS, seeds, dense=False)
+          + _common.method_grids(["eoi"], seeds, dense=False, allocator="uniform_dense_ends")
+          + _common.method_grids(["uniform+eoi", "erk+eoi"], seeds, dense=False, structured=True)
+          + _common.method_grids(["sao"], seeds, sao_degree=16))
 
 
 EXPERIMENT = _common.Experiment(

@@ -39,12 +39,7 @@ def base(quick: bool, epochs: int | None):
 
 
 def grids(quick: bool, seeds: int) -> list[dict]:
-  seed_list = list(range(seeds))
-  if quick:
-    return [{"init": ["uniform", "uniform+eoi"], "seed": seed_list},
-            {"init": ["dense"], "density": [1.0], "seed": seed_list}]
-  return [{"init": list(mlp_density.METHODS), "seed": seed_list},
-          {"init": ["dense"], "density": [1.0], "seed": seed_list}]
+  return _common.method_grids(_common.QUICK_PROBE if quick else mlp_density.METHODS, seeds)
 
 
 EXPERIMENT = _common.Experiment(
