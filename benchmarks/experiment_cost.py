@@ -25,8 +25,6 @@ import sys
 import tempfile
 from pathlib import Path
 
-import numpy as np
-
 try:
   from benchmarks._timing import markdown_table
 except ImportError:

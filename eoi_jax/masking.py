@@ -86,11 +86,9 @@ def from_optax_masked(flags, params):
     flags = flags(params)
 
   def expand(flag, subtree):
-    if isinstance(flag, (bool, np.bool_)) or (
-        hasattr(flag, "dtype") and jnp.shape(flag) == () and jnp.issubdtype(flag.dtype, jnp.bool_)):
-      flag = bool(flag)
-    else:
+    if np.ndim(flag) != 0 or np.asarray(flag).dtype != np.bool_:
       raise TypeError(f"flags: optax.masked-style leaves must be booleans, got {flag!r}")
+    flag = bool(flag)
     return jax.tree.map(lambda leaf: jnp.ones(jnp.shape(leaf), jnp.bool_) if flag else None,
                         subtree)
 

@@ -81,8 +81,8 @@ def configs(experiment: Experiment, args) -> tuple:
   if args.epochs is not None and args.epochs < 1:
     raise ValueError(f"--epochs must be >= 1, got {args.epochs}")
   dataset = getattr(args, "dataset", None)
-  suffix = ("" if dataset in (None, experiment.datasets[0] if experiment.datasets else None)
-            else f"-{dataset}") + ("-quick" if args.quick else "")
+  paper_data = dataset is None or dataset == experiment.datasets[0]
+  suffix = ("" if paper_data else f"-{dataset}") + ("-quick" if args.quick else "")
   runs_dir = Path(args.runs_dir or Path("runs") / "experiments" / (experiment.name + suffix))
   results_dir = Path(args.results_dir or REPO / "experiments" / "results" /
                      (experiment.name + suffix))

@@ -30,6 +30,7 @@ Models (``build(name, ...)``):
 
 from __future__ import annotations
 
+import math
 from typing import Callable, NamedTuple
 
 import jax
@@ -163,7 +164,7 @@ class DeepCNN(nnx.Module):
     self.down2 = CircularConv(width, width, 2, rngs=rngs)
     self.convs = ConvStack(depth - 3, width, self.act, rngs=rngs) if depth > 3 else None
     # Two stride-2 circular convs (ceil halving), then a 2x2 average pool (floor).
-    side = -(-(-(-image_size // 2)) // 2) // 2
+    side = math.ceil(math.ceil(image_size / 2) / 2) // 2
     features = width * side ** 2
     self.head = nnx.Linear(features, num_classes, rngs=rngs)
 
