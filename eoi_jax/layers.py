@@ -161,6 +161,13 @@ class Layout:
     rows = ", ".join(f"{l.name}: {l.stack + l.shape}" for l in self.layers)
     return f"Layout({rows})"
 
+  # Equal layouts (same layers) are one static argument of a jitted function.
+  def __eq__(self, other):
+    return isinstance(other, Layout) and self.layers == other.layers
+
+  def __hash__(self):
+    return hash(self.layers)
+
   def __iter__(self):
     return iter(self.layers)
 

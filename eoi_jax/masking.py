@@ -16,6 +16,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 from typing import Mapping
 
 import jax
@@ -46,9 +47,11 @@ def check_masks(params, masks) -> list:
     raise ValueError(f"masks must have the structure of the params ({e})") from None
 
 
+@jax.jit
 def apply_masks(params, masks):
   """Zeroes every masked-out entry: ``where(mask, param, 0)`` leaf by leaf
-  (``None`` or scalar ``True`` leaves of ``masks`` leave the param as it is)."""
+  (``None`` or scalar ``True`` leaves of ``masks`` leave the param as it is);
+  one compiled program for the whole tree."""
   return jax.tree.map(lambda p, m: p if _is_unmasked(m) else jnp.where(m, p, jnp.zeros_like(p)),
                       params, masks)
 
@@ -133,13 +136,18 @@ def masks_from_scores(layout: Layout, params, scores: Mapping[str, jax.Array], d
     A mask tree.
   """
 
-  def make(layer, leaf):
-    counts = jnp.asarray(count_for_density(densities[layer.name], layer.layer_size), jnp.int32)
-    flat_scores = scores[layer.name].reshape((layer.num_layers, layer.layer_size))
-    masks = jax.vmap(keep_top)(flat_scores, counts.reshape(layer.num_layers))
-    return masks.reshape(jnp.shape(leaf))
+  counts = {layer.name: np.asarray(count_for_density(densities[layer.name], layer.layer_size),
+                                  np.int32).reshape(layer.num_layers) for layer in layout.layers}
+  masks = _top_masks(layout, scores, counts)
+  return layout.map(lambda layer, leaf: masks[layer.name], params)
 
-  return layout.map(make, params)
+
+@functools.partial(jax.jit, static_argnums=0)
+def _top_masks(layout: Layout, scores, counts) -> dict:
+  """``{name: mask}`` of :func:`masks_from_scores`: one program per network."""
+  return {layer.name: jax.vmap(keep_top)(
+      scores[layer.name].reshape((layer.num_layers, layer.layer_size)),
+      counts[layer.name]).reshape(layer.stack + layer.shape) for layer in layout.layers}
 
 
 def random_masks(key, params, densities, filter: Filter | None = None, stacked: Stacked = None,
@@ -161,6 +169,7 @@ def random_masks(key, params, densities, filter: Filter | None = None, stacked: 
   return masks_from_scores(layout, params, random_scores(key, layout), dens)
 
 
+@functools.partial(jax.jit, static_argnums=1)
 def random_scores(key, layout: Layout) -> dict:
   """Uniform scores for every layer: layer ``i`` draws from ``fold_in(key, i)``."""
   return {layer.name: jax.random.uniform(jax.random.fold_in(key, i), layer.stack + layer.shape)

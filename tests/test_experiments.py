@@ -9,10 +9,8 @@ import pytest
 from eoi_jax.training import multirun
 from experiments import _common
 
-# EfficientNet-B0's first run is compile-bound (about 100 s on 2 cores: 82
-# layers of distinct shapes), so it runs with -m slow; its grid is checked below.
 EXPERIMENTS = ["mlp_density", "mlp_loss_curves", "mlp_1000", "cnn_1000", "cifar_cnns",
-               pytest.param("tiny_imagenet", marks=pytest.mark.slow)]
+               "tiny_imagenet"]
 # Smaller members of the same model families for the first-run check: the
 # same code paths, a fraction of the compile time.
 SMALLER = {"resnet32": "resnet8"}

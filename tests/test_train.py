@@ -60,6 +60,30 @@ def test_models_build_run_and_expose_kernels(name, shape, kwargs):
   assert out.shape == (2, 10)
 
 
+@pytest.mark.parametrize("name, shape, kwargs", [
+    ("mlp", (8, 8, 1), dict(depth=4, width=16)),
+    ("resnet8", (8, 8, 3), {}),
+    ("vit", (8, 8, 1), dict(depth=2, width=16)),
+])
+def test_build_for_sparse_init_is_build_with_zero_kernels(name, shape, kwargs):
+  kernels = {l.name for l in layers.model_layout(models.build(name, shape, 10, **kwargs))}
+  for seed in (3, 4):  # the second seed reuses the compiled builder
+    ours = nnx.to_flat_state(nnx.state(models.build_for_sparse_init(name, shape, 10, seed=seed,
+                                                                    **kwargs)))
+    eager = dict(nnx.to_flat_state(nnx.state(models.build(name, shape, 10, seed=seed, **kwargs))))
+    assert {path for path, _ in ours} == set(eager)
+    for path, variable in ours:
+      value, expected = variable.get_value(), eager[path].get_value()
+      if jax.dtypes.issubdtype(value.dtype, jax.dtypes.prng_key):
+        value, expected = jax.random.key_data(value), jax.random.key_data(expected)
+      if "/".join(map(str, path)) in kernels:
+        assert not np.any(value) and value.shape == expected.shape
+      else:  # one program instead of eager ops: the same draws, up to float32 rounding
+        np.testing.assert_allclose(value, expected, rtol=1e-6, atol=1e-7)
+  with pytest.raises(ValueError, match="model must be one of"):
+    models.build_for_sparse_init("resnet18", (8, 8, 3), 10)
+
+
 def test_efficientnet_b0_blocks_depthwise_convs_and_size():
   model = models.build("efficientnet_b0", (32, 32, 3), 10)
   assert len(model.blocks) == 16

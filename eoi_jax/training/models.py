@@ -30,6 +30,7 @@ Models (``build(name, ...)``):
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Callable, NamedTuple
 
@@ -477,3 +478,49 @@ def build(name: str, image_shape, num_classes: int, *, depth: int | None = None,
     raise ValueError(f"model must be one of {list(MODELS)}, got {name!r}")
   return MODELS[name](tuple(image_shape), num_classes, depth, width, activation_name,
                       nnx.Rngs(seed))
+
+
+@functools.lru_cache(maxsize=32)
+def _sparse_init_builder(name, image_shape, num_classes, depth, width, activation_name):
+  from eoi_jax import layers
+
+  @nnx.jit
+  def make(seed):
+    model = MODELS[name](image_shape, num_classes, depth, width, activation_name,
+                         nnx.Rngs(jax.random.key(seed)))
+    # Placeholders the method overwrites; their random draws are left out of
+    # the program (the bulk of its compile time).
+    params = nnx.state(model, nnx.Param)
+    nnx.update(model, layers.model_layout(model).map(
+        lambda layer, leaf: jnp.zeros(leaf.shape, leaf.dtype), params, other=lambda leaf: leaf))
+    return model
+
+  return make
+
+
+def build_for_sparse_init(name: str, image_shape, num_classes: int, *, depth: int | None = None,
+                          width: int | None = None, activation_name: str | None = None,
+                          seed: int = 0):
+  """The model of :func:`build` with every maskable kernel zero, for a sparse
+  initialisation to fill (every method of :mod:`eoi_jax.methods` draws all of
+  them anew).
+
+  Everything else (biases, norms, embeddings, ...) has ``build``'s values. The
+  model comes from one compiled program per architecture, reused for every
+  seed, without the kernels' random draws: building a deep network eagerly
+  compiles one small program per distinct parameter shape.
+
+  Args:
+    name, image_shape, num_classes, depth, width, activation_name, seed: as
+      in :func:`build`.
+
+  Example:
+    >>> model = build_for_sparse_init("resnet32", (32, 32, 3), 10, seed=1)
+    >>> out = methods.initialize_model("eoi", jax.random.key(1), model, 0.1)
+    >>> nnx.update(model, out.params)
+  """
+  if name not in MODELS:
+    raise ValueError(f"model must be one of {list(MODELS)}, got {name!r}")
+  make = _sparse_init_builder(name, tuple(image_shape), num_classes, depth, width,
+                              activation_name)
+  return make(jnp.int32(seed))

@@ -131,13 +131,21 @@ def _one_device_mesh():
   return jax.sharding.Mesh(np.array(jax.devices()[:1]), ("data",))
 
 
+@jax.jit
 def stack_runs(trees):
-  """Trees of equal structure stacked along a new leading run axis."""
+  """Trees of equal structure stacked along a new leading run axis (one
+  compiled program for the whole tree, not one per leaf shape)."""
   return jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
 
 
-def _unstack(tree, i: int):
+@jax.jit
+def _unstacked(tree, i):
   return jax.tree.map(lambda x: x[i], tree)
+
+
+def _unstack(tree, i: int):
+  """Run ``i`` of a stacked tree (``i`` traced: one program serves every run)."""
+  return _unstacked(tree, jnp.int32(i))
 
 
 def _same_structure(states, configs) -> None:

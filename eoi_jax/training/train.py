@@ -193,8 +193,9 @@ def create_train_state(config: Config, info: data.DatasetInfo, init_batch, steps
   """
   from flax import nnx
 
-  model = models.build(config.model, info.image_shape, info.num_classes, depth=config.depth,
-                       width=config.width, activation_name=config.activation, seed=config.seed)
+  model = models.build_for_sparse_init(
+      config.model, info.image_shape, info.num_classes, depth=config.depth, width=config.width,
+      activation_name=config.activation, seed=config.seed)
   root = jax.random.key(config.seed)
   out = methods.initialize_model(
       config.init, jax.random.fold_in(root, 0), model, config.density, batch=init_batch,
@@ -437,6 +438,12 @@ def _run_epochs(config, run, store, spec, state, sparsity, step_fn, eval_fn, zer
   return TrainResult(result, state, sparsity, history)
 
 
+@jax.jit
+def params_l2(params) -> jax.Array:
+  """The l2 norm of all parameters together (one program for the whole tree)."""
+  return jnp.sqrt(sum(jnp.sum(jnp.square(p.astype(jnp.float32))) for p in jax.tree.leaves(params)))
+
+
 def run_summary(history: list[dict], sparsity, run: RunDir, state: TrainState, *, devices: int,
                 wall_time_s: float) -> dict:
   """The ``summary.json`` record of a run (``test_accuracy`` first)."""
@@ -453,8 +460,7 @@ def run_summary(history: list[dict], sparsity, run: RunDir, state: TrainState, *
       "devices": devices,
       "processes": jax.process_count(),
       "wall_time_s": wall_time_s,
-      "params_l2": float(jnp.sqrt(sum(jnp.sum(jnp.square(p))
-                                       for p in jax.tree.leaves(state.params)))),
+      "params_l2": float(params_l2(state.params)),
       "params_fingerprint": [int(v) for v in jax.device_get(fingerprint(state.params))],
   }
 
