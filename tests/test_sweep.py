@@ -1,7 +1,12 @@
 """Multi-run training, the sweep runner and its reports."""
 
 import csv
+import dataclasses
 import json
+import os
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import jax
@@ -106,6 +111,54 @@ def test_sweep_expands_trains_skips_and_reports(tmp_path, capsys):
   sweep.run_sweep(base, grid, tmp_path / "sweep", figures=False)
   assert mtimes == {c.run_dir: Path(c.run_dir, "summary.json").stat().st_mtime_ns
                     for c in configs}
+
+
+def _free_port():
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def test_two_process_sweep_splits_the_runs_and_each_equals_its_run_alone(tmp_path):
+  # Two jax.distributed processes on 127.0.0.1, one CPU device each, run one
+  # sweep of three runs in one group: process 0 trains runs 0 and 2 side by
+  # side, process 1 run 1; each run ends as it does trained alone.
+  common = dict(dataset="synthetic", depth=4, width=32, epochs=2, batch_size=64, limit=512,
+                lr=0.05)
+  grid_file = tmp_path / "grid.json"
+  grid_file.write_text(json.dumps({"base": "mnist_mlp", "overrides": common,
+                                   "grid": {"init": ["eoi", "uniform"], "seed": [0, 1]}}))
+  grid = {"init": ["eoi", "uniform"], "seed": [0, 1]}
+  sweep_dir = tmp_path / "sweep"
+  address = f"127.0.0.1:{_free_port()}"
+  command = [sys.executable, "-m", "eoi_jax", "sweep", "--grid", str(grid_file), "--sweep-dir",
+             str(sweep_dir), "--max-runs-per-step", "3", "--no-figures", "--quiet", "true",
+             "--coordinator", address, "--num-processes", "2", "--local-devices", "1"]
+  env = dict(os.environ, JAX_PLATFORMS="cpu", EOI_JAX_COMPILATION_CACHE="0",
+             PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+  procs = [subprocess.Popen(command + ["--process-id", str(i)], env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT) for i in range(2)]
+  outputs = [proc.communicate(timeout=300)[0] for proc in procs]
+  for proc, out in zip(procs, outputs):
+    assert proc.returncode == 0, out[-3000:]
+  assert "results:" in outputs[0] and "results:" not in outputs[1]
+  rows = list(csv.DictReader((sweep_dir / "results.csv").open()))
+  assert len(rows) == 4
+  base = make_config("mnist_mlp", quiet=True, devices=1, run_dir="unused", **common)
+  configs = sweep.expand(base, grid, sweep_dir)
+  trained_by = {}
+  for i, config in enumerate(configs):
+    summary = json.loads(Path(config.run_dir, "summary.json").read_text())
+    trained_by[i] = (summary["process"], summary["processes"])
+    history = [json.loads(line)
+               for line in Path(config.run_dir, "metrics.jsonl").read_text().splitlines()]
+    alone = train_and_evaluate(dataclasses.replace(config, run_dir=str(tmp_path / f"alone{i}")))
+    # Equal up to float reassociation, as in _assert_same_run.
+    assert summary["params_l2"] == pytest.approx(alone.summary["params_l2"], rel=2e-4)
+    assert [r["train_loss"] for r in history] == pytest.approx(
+        [r["train_loss"] for r in alone.history], rel=1e-4)
+  # Batches of 3: runs 0-2 split over the processes (0, 2 | 1), then run 3 on process 0.
+  assert trained_by == {0: (0, 2), 1: (1, 2), 2: (0, 2), 3: (0, 2)}
 
 
 def test_sweep_rejects_bad_grids(tmp_path):

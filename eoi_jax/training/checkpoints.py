@@ -115,16 +115,31 @@ class CheckpointStore:
     directory: the checkpoints folder (created on first save).
     max_to_keep: checkpoints kept; at least 2, so that a damaged latest one
       has a fallback.
+    process_local: the state lives on this process's devices only and this
+      process alone saves and restores it (a run of
+      :func:`eoi_jax.training.multirun.train_runs` under ``jax.distributed``);
+      otherwise every process takes part and process 0 writes the manifests.
   """
 
-  def __init__(self, directory, max_to_keep: int = 2):
+  def __init__(self, directory, max_to_keep: int = 2, *, process_local: bool = False):
     import orbax.checkpoint as ocp
 
     self._ocp = ocp
     self.directory = Path(directory).absolute()
+    self._writes_manifests = process_local or jax.process_index() == 0
+    # Orbax refuses arrays on one process's devices in a multi-process job,
+    # so such a store saves and restores host copies.
+    self._on_host = process_local and jax.process_count() > 1
+    options = dict(max_to_keep=max(2, max_to_keep), create=True)
+    if process_local and jax.process_count() > 1:
+      self.directory.mkdir(parents=True, exist_ok=True)  # Orbax cannot, for one process
+      options["create"] = False
+      me = jax.process_index()
+      options["multiprocessing_options"] = ocp.options.MultiprocessingOptions(
+          primary_host=me, active_processes={me},
+          barrier_sync_key_prefix=f"eoi_jax_{zlib.crc32(str(self.directory).encode())}")
     self._manager = ocp.CheckpointManager(
-        self.directory,
-        options=ocp.CheckpointManagerOptions(max_to_keep=max(2, max_to_keep), create=True))
+        self.directory, options=ocp.CheckpointManagerOptions(**options))
 
   def __enter__(self):
     return self
@@ -154,10 +169,12 @@ class CheckpointStore:
     then records the checksum of each of its files (the manifest)."""
     ocp = self._ocp
     meta = {"fingerprint": _fingerprint_list(state)}
+    if self._on_host:
+      state = jax.device_get(state)
     self._manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                                      meta=ocp.args.JsonSave(meta)))
     self._manager.wait_until_finished()
-    if jax.process_index() == 0:
+    if self._writes_manifests:
       manifest = self._manifest_path(step)
       manifest.parent.mkdir(exist_ok=True)
       tmp = manifest.with_suffix(".tmp")
@@ -173,7 +190,7 @@ class CheckpointStore:
 
   def _prune_manifests(self) -> None:
     """Removes the manifests of checkpoints Orbax has deleted."""
-    if jax.process_index() != 0 or not (self.directory / _MANIFESTS).exists():
+    if not self._writes_manifests or not (self.directory / _MANIFESTS).exists():
       return
     kept = {str(step) for step in self.steps()}
     for path in (self.directory / _MANIFESTS).glob("*.json"):
@@ -220,7 +237,10 @@ class CheckpointStore:
     Raises:
       NoGoodCheckpoint: checkpoints exist but none restores intact.
     """
-    abstract = jax.tree.map(self._ocp.utils.to_shape_dtype_struct, like)
+    if self._on_host:
+      abstract = jax.tree.map(lambda x: np.zeros(np.shape(x), x.dtype), like)
+    else:
+      abstract = jax.tree.map(self._ocp.utils.to_shape_dtype_struct, like)
     steps = self.steps()
     problems = []
     for step in reversed(steps):
@@ -228,7 +248,10 @@ class CheckpointStore:
       if reason is None:
         try:
           with _quiet_orbax():
-            return step, self._restore(step, abstract)
+            state = self._restore(step, abstract)
+          if self._on_host:
+            state = jax.tree.map(lambda x, l: jax.device_put(x, l.sharding), state, like)
+          return step, state
         except Exception as e:  # Orbax and TensorStore raise many kinds for damaged files
           reason = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300]
       problems.append(f"step {step}: {reason}")

@@ -12,6 +12,8 @@ Examples:
 Multi-process (each process runs the same command with its own --process-id):
   eoi-jax train --config mnist_mlp --coordinator 127.0.0.1:12345 --num-processes 2 \\
       --process-id 0
+  eoi-jax sweep --grid grid.json --sweep-dir sweeps/demo --coordinator 127.0.0.1:12345 \\
+      --num-processes 2 --process-id 0     # each process trains its share of the runs
 """
 
 from __future__ import annotations
@@ -34,6 +36,10 @@ def _train_parser(sub):
   parser = sub.add_parser("train", help="train a model with a sparse initialisation",
                           description="Train with a preset or JSON config plus overrides.")
   _config_arguments(parser)
+  _process_arguments(parser)
+
+
+def _process_arguments(parser):
   group = parser.add_argument_group("multi-process (jax.distributed)")
   group.add_argument("--coordinator", help="address:port of process 0, e.g. 127.0.0.1:12345")
   group.add_argument("--num-processes", type=int)
@@ -65,9 +71,7 @@ def _sweep_parser(sub):
                            "on CPUs, all of a group on accelerators)")
   parser.add_argument("--no-figures", action="store_true", help="tables only")
   _config_arguments(parser)
-  parser.add_argument("--local-devices", type=int,
-                      help="CPU devices to simulate (sets jax_num_cpu_devices)")
-  parser.set_defaults(coordinator=None)
+  _process_arguments(parser)
 
 
 def _report_parser(sub):
@@ -170,8 +174,10 @@ def _run_sweep(args) -> int:
   results = sweep.run_sweep(base, grid, args.sweep_dir,
                             max_runs_per_step=args.max_runs_per_step or "auto",
                             quiet=quiet, figures=not args.no_figures)
-  print(f"results: {results}")
-  print(f"table: {results.parent / 'table.md'}")
+  import jax
+  if jax.process_index() == 0:
+    print(f"results: {results}")
+    print(f"table: {results.parent / 'table.md'}")
   return 0
 
 

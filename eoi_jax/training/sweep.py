@@ -12,6 +12,11 @@ sweep loses at most the batch in flight; the same command continues it.
 After each batch, ``results.csv`` and ``table.md`` are rewritten
 (:mod:`eoi_jax.training.report`).
 
+Under ``jax.distributed`` every process runs the same sweep: each trains its
+share of every batch (:func:`eoi_jax.training.multirun.process_share`) on its
+own devices, and process 0 writes ``sweep.json`` and the results. The run
+directories must be on a file system all processes see.
+
 The sweep file (``--grid``) is JSON: ``{"grid": {...}}`` with optional
 ``"base"`` (a preset name) and ``"overrides"`` (fields of the base), or just
 the grid mapping.
@@ -28,6 +33,8 @@ import itertools
 import json
 import time
 from pathlib import Path
+
+import jax
 
 from eoi_jax.training import multirun, report
 from eoi_jax.training.config import Config, validate
@@ -148,10 +155,17 @@ def run_sweep(base: Config, grid: dict, sweep_dir, *, max_runs_per_step: int | N
   base = dataclasses.replace(base, quiet=True)
   validate(base)
   configs = expand(base, grid, sweep_dir)
-  sweep_dir.mkdir(parents=True, exist_ok=True)
-  (sweep_dir / "sweep.json").write_text(json.dumps(
-      {"base": dataclasses.asdict(base), "grid": grid}, indent=2) + "\n")
+  main = jax.process_index() == 0
+  quiet = quiet or not main
+  if main:
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    (sweep_dir / "sweep.json").write_text(json.dumps(
+        {"base": dataclasses.asdict(base), "grid": grid}, indent=2) + "\n")
+  # Every process reads which runs are finished before any trains, so that
+  # all of them form the same batches.
+  multirun.sync_processes("eoi_jax.sweep.start")
   todo = [c for c in configs if not finished(c)]
+  multirun.sync_processes("eoi_jax.sweep.todo")
   progress = Progress(len(configs), label="run", quiet=quiet, done=len(configs) - len(todo),
                       interval=30.0)
   if not quiet:
@@ -163,11 +177,14 @@ def run_sweep(base: Config, grid: dict, sweep_dir, *, max_runs_per_step: int | N
     multirun.train_runs([dataclasses.replace(c, quiet=quiet) for c in batch],
                         progress_label=f"step (runs {done + 1}-{done + len(batch)})")
     done += len(batch)
-    report.write(sweep_dir, figures=False, out=results_dir)
+    if main:
+      report.write(sweep_dir, figures=False, out=results_dir)
     progress.update(done)
     if not quiet:
       progress.done(f"{done}/{len(configs)} runs done ({len(batch)} in "
                     f"{time.perf_counter() - started:.0f} s)")
+  if not main:
+    return (sweep_dir if results_dir is None else Path(results_dir)) / "results.csv"
   return report.write(sweep_dir, figures=figures, out=results_dir)
 
 

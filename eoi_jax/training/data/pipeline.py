@@ -92,14 +92,15 @@ def _gather(images, labels, order, start, batch_size, sharding):
   return jax.lax.with_sharding_constraint(batch, Batch(sharding, sharding, sharding))
 
 
-def example_order(n: int, length: int, seed: int | None, epoch: int) -> np.ndarray:
+def example_order(n: int, length: int, seed: int | None, epoch: int,
+                  process_index: int = 0) -> np.ndarray:
   """The order of ``n`` examples in ``epoch``: shuffled by ``fold_in(fold_in(key(seed),
   epoch), process_index)``, or kept when ``seed`` is ``None``; cut or padded
-  with -1 to ``length``."""
+  with -1 to ``length``. ``process_index``: the process whose shard of a
+  data-parallel run this is (0 for a whole run)."""
   order = np.arange(n)
   if seed is not None:
-    key = jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), epoch),
-                             jax.process_index())
+    key = jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), epoch), process_index)
     order = np.asarray(jax.random.permutation(key, n))
   padded = np.full(length, -1, np.int64)
   padded[: min(n, length)] = order[:length]
@@ -160,7 +161,8 @@ class Loader:
   def _order(self, epoch: int, length: int) -> np.ndarray:
     """This process's example order for ``epoch``, cut or padded with -1 to ``length``."""
     n = self.size if self.num_processes == 1 else len(self._host_labels)
-    return example_order(n, length, self.seed if self.train else None, epoch)
+    return example_order(n, length, self.seed if self.train else None, epoch,
+                         jax.process_index())
 
   def epoch(self, epoch: int, start_step: int = 0) -> Iterator[Batch]:
     """Batches of one epoch, from ``start_step`` on (for exact resumption)."""
