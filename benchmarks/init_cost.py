@@ -9,7 +9,12 @@ device (so no method inherits another's compiled functions), and prints:
 * a second call's wall time with a new key: what remains once jitted
   functions are cached (SNIP, GraSP and SynFlow trace a new function of the
   model each call, so they compile again);
-* the realised density, and both times relative to EOI's.
+* the number of programs the first call compiles and their compile seconds
+  (from JAX's compile log);
+* the realised density, and both times relative to EOI's;
+* with ``--warm-cache``, the first call in a new process whose persistent
+  compilation cache (:mod:`eoi_jax.training.compilation_cache`) an earlier
+  process filled: what the command line pays from its second run on.
 
 Each process first runs one tiny jitted function, so backend start-up is not
 charged to the method. Approximate isometry runs the paper's steps: 10,000
@@ -21,22 +26,26 @@ and for the 1000-layer MLP (the paper's degree 16 of 128); ``--density``
 overrides, and SAO then reports why it cannot run.
 
 Usage: python benchmarks/init_cost.py [--models mlp_7x100 resnet32 mlp_1000]
-       [--methods eoi dense ...] [--density D] [--ai-steps N] [--json out.json]
+       [--methods eoi dense ...] [--density D] [--ai-steps N] [--warm-cache]
+       [--json out.json]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
+import re
 import subprocess
 import sys
+import tempfile
 import time
 
 import jax
 import jax.numpy as jnp
 
 from eoi_jax import methods
-from eoi_jax.training import models
+from eoi_jax.training import compilation_cache, models
 
 try:
   from benchmarks._timing import markdown_table
@@ -61,24 +70,48 @@ def _timed(method, key, model, density, batch, ai_steps):
   return time.perf_counter() - start, out
 
 
-def measure(model_name: str, method: str, density: float, ai_steps: int) -> dict:
-  """Times the first and a second call in this process."""
+class _CompileLog(logging.Handler):
+  """Counts XLA compilations (and their seconds) from JAX's compile log."""
+
+  def __init__(self):
+    super().__init__(logging.WARNING)
+    self.count, self.seconds = 0, 0.0
+
+  def emit(self, record):
+    match = re.search(r"Finished XLA compilation of .* in ([0-9.e-]+) sec", record.getMessage())
+    if match:
+      self.count += 1
+      self.seconds += float(match.group(1))
+
+
+def measure(model_name: str, method: str, density: float, ai_steps: int,
+            cache_dir: str | None = None) -> dict:
+  """Times the first and a second call in this process; counts the programs
+  the first call compiles (with ``cache_dir``, JAX's persistent compilation
+  cache in that folder is on)."""
+  if cache_dir:
+    compilation_cache.enable(cache_dir)
   jax.block_until_ready(jax.jit(lambda k: jax.random.normal(k, (2,)))(jax.random.key(0)))
   kind, shape, options, _, _ = MODELS[model_name]
   model = models.build(kind, shape, 10, **options)
   x = jax.random.normal(jax.random.key(1), (128,) + shape)
   batch = (x, jnp.arange(128) % 10)
+  log = _CompileLog()
+  logging.getLogger("jax._src.dispatch").addHandler(log)
+  jax.config.update("jax_log_compiles", True)
   try:
     first, out = _timed(method, jax.random.key(0), model, density, batch, ai_steps)
+    jax.config.update("jax_log_compiles", False)
     second, _ = _timed(method, jax.random.key(1), model, density, batch, ai_steps)
   except ValueError as e:
     return dict(error=str(e))
-  return dict(first_s=first, second_s=second, density=out.summary.density)
+  return dict(first_s=first, second_s=second, density=out.summary.density,
+              programs=log.count, compile_s=log.seconds)
 
 
-def _in_fresh_process(model_name, method, density, ai_steps) -> dict:
+def _in_fresh_process(model_name, method, density, ai_steps, cache_dir=None) -> dict:
   command = [sys.executable, __file__, "--worker", model_name, method, str(density),
-             str(ai_steps)]
+             str(ai_steps)] + ([cache_dir] if cache_dir else [])
   done = subprocess.run(command, capture_output=True, text=True, check=False)
   lines = done.stdout.strip().splitlines()
   if done.returncode or not lines:
@@ -90,7 +123,8 @@ def main(argv=None):
   argv = sys.argv[1:] if argv is None else argv
   if argv and argv[0] == "--worker":
     model_name, method, density, ai_steps = argv[1:5]
-    print(json.dumps(measure(model_name, method, float(density), int(ai_steps))))
+    print(json.dumps(measure(model_name, method, float(density), int(ai_steps),
+                             argv[5] if len(argv) > 5 else None)))
     return
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
@@ -101,11 +135,15 @@ def main(argv=None):
   parser.add_argument("--ai-steps", type=int, default=None,
                       help="override the paper's AI steps (10,000; 1,000 for mlp_1000)")
   parser.add_argument("--json", default=None, help="also write the rows to this file")
+  parser.add_argument("--warm-cache", action="store_true",
+                      help="also time the first call in a third process whose persistent "
+                           "compilation cache a second process has filled")
   args = parser.parse_args(argv)
 
   print(f"devices: {jax.devices()}")
-  header = ("model", "density", "method", "first call s", "second call s", "realised density",
-            "first / EOI", "second / EOI")
+  header = ("model", "density", "method", "first call s", "programs compiled", "compile s",
+            "second call s", "realised density", "first / EOI", "second / EOI") + (
+                ("first call, warm cache s",) if args.warm_cache else ())
   rows, records = [], []
   for model_name in args.models:
     _, _, _, model_density, paper_ai_steps = MODELS[model_name]
@@ -123,8 +161,15 @@ def main(argv=None):
       label = f"{method} ({ai_steps} steps)" if method.endswith("ai") else method
       ratios = ((f"{first / reference[0]:.2f}", f"{second / reference[1]:.2f}") if reference
                 else ("-", "-"))
-      rows.append((model_name, f"{density:g}", label, f"{first:.3f}", f"{second:.3f}",
-                   f"{result['density']:.4f}") + ratios)
+      if args.warm_cache:
+        with tempfile.TemporaryDirectory() as cache_dir:
+          _in_fresh_process(model_name, method, density, ai_steps, cache_dir)
+          result["warm_first_s"] = _in_fresh_process(model_name, method, density, ai_steps,
+                                                     cache_dir).get("first_s", float("nan"))
+      rows.append((model_name, f"{density:g}", label, f"{first:.3f}", str(result["programs"]),
+                   f"{result['compile_s']:.2f}", f"{second:.3f}",
+                   f"{result['density']:.4f}") + ratios + (
+                       (f"{result['warm_first_s']:.3f}",) if args.warm_cache else ()))
       records.append(dict(model=model_name, method=method, ai_steps=ai_steps, **result))
       print("  ".join(rows[-1]), flush=True)
   print()

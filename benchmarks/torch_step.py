@@ -38,7 +38,8 @@ except ImportError:
 
 CASES = {
     # name: (label, config preset, steps per block relative to --steps)
-    "mlp7": ("MLP 784-100x6-10, d=0.1", dict(base="mnist_mlp", density=0.1), 1.0),
+    "mlp7": ("MLP 784-100x6-10, d=0.1", dict(base="mnist_mlp", depth=7, width=100, density=0.1),
+             1.0),
     "mlp1000": ("MLP 1000 x 128, d=0.125", dict(base="mnist_mlp_1000"), 0.1),
 }
 BATCH = 128
