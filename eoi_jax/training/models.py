@@ -38,6 +38,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from eoi_jax import layers
+
 ACTIVATIONS: dict[str, Callable] = {
     "linear": lambda x: x,
     "tanh": jnp.tanh,
@@ -253,16 +255,16 @@ class VGG(nnx.Module):
   def __init__(self, in_channels: int, num_classes: int, *, activation_name: str = "relu",
                rngs: nnx.Rngs):
     self.act = activation(activation_name)
-    layers, cin = [], in_channels
+    stages, cin = [], in_channels
     for item in VGG16_C:
       if item == "M":
-        layers.append("M")
+        stages.append("M")
         continue
       size, cout = ((1, 1), int(item[4:])) if isinstance(item, str) else ((3, 3), item)
-      layers.append(ConvBN(cin, cout, size, rngs=rngs))
+      stages.append(ConvBN(cin, cout, size, rngs=rngs))
       cin = cout
-    self.layers = nnx.List([l for l in layers if l != "M"])
-    self.pools = tuple(i for i, l in enumerate(layers) if l == "M")
+    self.layers = nnx.List([l for l in stages if l != "M"])
+    self.pools = tuple(i for i, l in enumerate(stages) if l == "M")
     self.head = nnx.Linear(512, num_classes, rngs=rngs)
 
   def __call__(self, x):
@@ -482,8 +484,6 @@ def build(name: str, image_shape, num_classes: int, *, depth: int | None = None,
 
 @functools.lru_cache(maxsize=32)
 def _sparse_init_builder(name, image_shape, num_classes, depth, width, activation_name):
-  from eoi_jax import layers
-
   @nnx.jit
   def make(seed):
     model = MODELS[name](image_shape, num_classes, depth, width, activation_name,
