@@ -161,6 +161,56 @@ def test_two_process_sweep_splits_the_runs_and_each_equals_its_run_alone(tmp_pat
   assert trained_by == {0: (0, 2), 1: (1, 2), 2: (0, 2), 3: (0, 2)}
 
 
+RESUME_SCRIPT = """
+import json, sys
+import jax
+jax.config.update("jax_num_cpu_devices", 1)
+jax.config.update("jax_cpu_collectives_implementation", "gloo")
+jax.distributed.initialize(coordinator_address=sys.argv[1], num_processes=2,
+                           process_id=int(sys.argv[2]))
+from eoi_jax.training import multirun
+from eoi_jax.training.config import make_config
+configs = [make_config("mnist_mlp", **json.loads(sys.argv[3]), seed=s,
+                       run_dir=f"{sys.argv[4]}/r{s}") for s in range(3)]
+mine = multirun.process_share(configs)
+multirun.train_runs(configs, stop_after_epoch=1)  # as if killed after epoch 1
+# Epoch 0's log line (its step time differs run to run) survives a resume only.
+first = [open(c.run_dir + "/metrics.jsonl").readline() for c in mine]
+for c, line, result in zip(mine, first, multirun.train_runs(configs)):  # the same call resumes
+  kept = open(c.run_dir + "/metrics.jsonl").readline() == line
+  print("RESULT " + json.dumps(dict(result.summary, epoch0_kept=kept)))
+jax.distributed.shutdown()
+"""
+
+
+def test_two_process_runs_resume_from_their_process_local_checkpoints(tmp_path):
+  common = dict(dataset="synthetic", depth=3, width=16, epochs=2, batch_size=64, limit=256,
+                lr=0.05, quiet=True)
+  address = f"127.0.0.1:{_free_port()}"
+  env = dict(os.environ, JAX_PLATFORMS="cpu", EOI_JAX_COMPILATION_CACHE="0",
+             PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+  procs = [subprocess.Popen([sys.executable, "-c", RESUME_SCRIPT, address, str(i),
+                             json.dumps(common), str(tmp_path / "runs")], env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT) for i in range(2)]
+  outputs = [proc.communicate(timeout=300)[0] for proc in procs]
+  for proc, out in zip(procs, outputs):
+    assert proc.returncode == 0, out[-3000:]
+    assert "cannot be restored" not in out, out[-3000:]
+  summaries = {Path(r["run_dir"]).name: r for out in outputs for r in
+               (json.loads(l[7:]) for l in out.splitlines() if l.startswith("RESULT "))}
+  assert {name: r["process"] for name, r in summaries.items()} == {"r0": 0, "r1": 1, "r2": 0}
+  assert all(r["epoch0_kept"] for r in summaries.values())
+  for seed in range(3):
+    run = tmp_path / "runs" / f"r{seed}"
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["0", "1", "manifests"]
+    assert [json.loads(l)["epoch"] for l in (run / "metrics.jsonl").read_text().splitlines()] \
+        == [0, 1]
+    alone = train_and_evaluate(make_config("mnist_mlp", **common, seed=seed, devices=1,
+                                           run_dir=str(tmp_path / f"alone{seed}")))
+    assert summaries[f"r{seed}"]["params_l2"] == pytest.approx(alone.summary["params_l2"],
+                                                               rel=2e-4)
+
+
 def test_sweep_rejects_bad_grids(tmp_path):
   base = _config(tmp_path, "unused")
   with pytest.raises(ValueError, match="unknown field 'densty'"):

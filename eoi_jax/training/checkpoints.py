@@ -22,6 +22,7 @@ import gc
 import json
 import logging
 import os
+import shutil
 import sys
 import zlib
 import warnings
@@ -122,24 +123,21 @@ class CheckpointStore:
   """
 
   def __init__(self, directory, max_to_keep: int = 2, *, process_local: bool = False):
-    import orbax.checkpoint as ocp
-
-    self._ocp = ocp
     self.directory = Path(directory).absolute()
+    self._max_to_keep = max(2, max_to_keep)
     self._writes_manifests = process_local or jax.process_index() == 0
-    # Orbax refuses arrays on one process's devices in a multi-process job,
-    # so such a store saves and restores host copies.
+    # In a multi-process job Orbax writes only from process 0 and refuses
+    # arrays on one process's devices, so a process-local store there writes
+    # host copies itself (one .npz and one JSON record per checkpoint).
     self._on_host = process_local and jax.process_count() > 1
-    options = dict(max_to_keep=max(2, max_to_keep), create=True)
-    if process_local and jax.process_count() > 1:
-      self.directory.mkdir(parents=True, exist_ok=True)  # Orbax cannot, for one process
-      options["create"] = False
-      me = jax.process_index()
-      options["multiprocessing_options"] = ocp.options.MultiprocessingOptions(
-          primary_host=me, active_processes={me},
-          barrier_sync_key_prefix=f"eoi_jax_{zlib.crc32(str(self.directory).encode())}")
-    self._manager = ocp.CheckpointManager(
-        self.directory, options=ocp.CheckpointManagerOptions(**options))
+    self._manager = None
+    if not self._on_host:
+      import orbax.checkpoint as ocp
+
+      self._ocp = ocp
+      self._manager = ocp.CheckpointManager(
+          self.directory,
+          options=ocp.CheckpointManagerOptions(max_to_keep=self._max_to_keep, create=True))
 
   def __enter__(self):
     return self
@@ -155,25 +153,37 @@ class CheckpointStore:
 
   def steps(self) -> list[int]:
     """Steps of the complete checkpoints on disk, oldest first."""
+    if self._on_host:
+      if not self.directory.exists():
+        return []
+      return sorted(int(p.name) for p in self.directory.iterdir()
+                    if p.name.isdigit() and (p / "meta.json").exists())
     self._manager.reload()
     return sorted(self._manager.all_steps())
 
   def clear(self) -> None:
     """Deletes every checkpoint (a run that starts over)."""
     for step in self.steps():
-      self._manager.delete(step)
+      self._delete(step)
     self._prune_manifests()
+
+  def _delete(self, step: int) -> None:
+    if self._on_host:
+      shutil.rmtree(self.directory / str(step), ignore_errors=True)
+    else:
+      self._manager.delete(step)
 
   def save(self, step: int, state) -> None:
     """Writes ``state`` as checkpoint ``step`` and waits until it is complete,
     then records the checksum of each of its files (the manifest)."""
-    ocp = self._ocp
     meta = {"fingerprint": _fingerprint_list(state)}
     if self._on_host:
-      state = jax.device_get(state)
-    self._manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                                     meta=ocp.args.JsonSave(meta)))
-    self._manager.wait_until_finished()
+      self._save_on_host(step, jax.device_get(state), meta)
+    else:
+      ocp = self._ocp
+      self._manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                                       meta=ocp.args.JsonSave(meta)))
+      self._manager.wait_until_finished()
     if self._writes_manifests:
       manifest = self._manifest_path(step)
       manifest.parent.mkdir(exist_ok=True)
@@ -181,6 +191,18 @@ class CheckpointStore:
       tmp.write_text(json.dumps(_checksums(self.directory / str(step))))
       os.replace(tmp, manifest)
       self._prune_manifests()
+
+  def _save_on_host(self, step: int, state, meta: dict) -> None:
+    final = self.directory / str(step)
+    tmp = self.directory / f"{step}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    np.savez(tmp / "state.npz", *[np.asarray(x) for x in jax.tree.leaves(state)])
+    (tmp / "meta.json").write_text(json.dumps(meta))  # written last: marks it complete
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+    for old in self.steps()[:-self._max_to_keep]:
+      self._delete(old)
 
   # A manifest lists each file of a checkpoint with its size and CRC-32, so a
   # damaged checkpoint is recognised before Orbax reads it.
@@ -215,14 +237,32 @@ class CheckpointStore:
         return f"{name} differs from what was written (size or checksum)"
     return None
 
-  def _restore(self, step: int, abstract):
-    ocp = self._ocp
-    restored = self._manager.restore(
-        step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract),
-                                      meta=ocp.args.JsonRestore()))
-    if _fingerprint_list(restored.state) != list(restored.meta["fingerprint"]):
+  def _restore(self, step: int, like):
+    if self._on_host:
+      folder = self.directory / str(step)
+      meta = json.loads((folder / "meta.json").read_text())
+      leaves, treedef = jax.tree.flatten(like)
+      with np.load(folder / "state.npz", allow_pickle=False) as stored:
+        values = [stored[f"arr_{i}"] for i in range(len(leaves))]
+        if len(stored.files) != len(leaves):
+          raise ValueError(f"it holds {len(stored.files)} arrays, the state has {len(leaves)}")
+      for value, leaf in zip(values, leaves):
+        if value.shape != np.shape(leaf) or value.dtype != leaf.dtype:
+          raise ValueError(f"an array of {value.shape} {value.dtype} where the state has "
+                           f"{np.shape(leaf)} {leaf.dtype}")
+      state = jax.tree.unflatten(treedef, values)
+    else:
+      ocp = self._ocp
+      abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
+      restored = self._manager.restore(
+          step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract),
+                                        meta=ocp.args.JsonRestore()))
+      state, meta = restored.state, restored.meta
+    if _fingerprint_list(state) != list(meta["fingerprint"]):
       raise ValueError("its contents do not match the fingerprint saved with it")
-    return restored.state
+    if self._on_host:
+      state = jax.tree.map(lambda x, leaf: jax.device_put(x, leaf.sharding), state, like)
+    return state
 
   def restore_latest(self, like):
     """The newest checkpoint that restores intact, as ``(step, state)``.
@@ -237,10 +277,6 @@ class CheckpointStore:
     Raises:
       NoGoodCheckpoint: checkpoints exist but none restores intact.
     """
-    if self._on_host:
-      abstract = jax.tree.map(lambda x: np.zeros(np.shape(x), x.dtype), like)
-    else:
-      abstract = jax.tree.map(self._ocp.utils.to_shape_dtype_struct, like)
     steps = self.steps()
     problems = []
     for step in reversed(steps):
@@ -248,10 +284,7 @@ class CheckpointStore:
       if reason is None:
         try:
           with _quiet_orbax():
-            state = self._restore(step, abstract)
-          if self._on_host:
-            state = jax.tree.map(lambda x, l: jax.device_put(x, l.sharding), state, like)
-          return step, state
+            return step, self._restore(step, like)
         except Exception as e:  # Orbax and TensorStore raise many kinds for damaged files
           reason = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300]
       problems.append(f"step {step}: {reason}")
