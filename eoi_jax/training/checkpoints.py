@@ -211,7 +211,7 @@ class CheckpointStore:
     return self.directory / _MANIFESTS / f"{step}.json"
 
   def _prune_manifests(self) -> None:
-    """Removes the manifests of checkpoints Orbax has deleted."""
+    """Removes the manifests of checkpoints that have been deleted."""
     if not self._writes_manifests or not (self.directory / _MANIFESTS).exists():
       return
     kept = {str(step) for step in self.steps()}
@@ -238,31 +238,35 @@ class CheckpointStore:
     return None
 
   def _restore(self, step: int, like):
-    if self._on_host:
-      folder = self.directory / str(step)
-      meta = json.loads((folder / "meta.json").read_text())
-      leaves, treedef = jax.tree.flatten(like)
-      with np.load(folder / "state.npz", allow_pickle=False) as stored:
-        values = [stored[f"arr_{i}"] for i in range(len(leaves))]
-        if len(stored.files) != len(leaves):
-          raise ValueError(f"it holds {len(stored.files)} arrays, the state has {len(leaves)}")
-      for value, leaf in zip(values, leaves):
-        if value.shape != np.shape(leaf) or value.dtype != leaf.dtype:
-          raise ValueError(f"an array of {value.shape} {value.dtype} where the state has "
-                           f"{np.shape(leaf)} {leaf.dtype}")
-      state = jax.tree.unflatten(treedef, values)
-    else:
-      ocp = self._ocp
-      abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
-      restored = self._manager.restore(
-          step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract),
-                                        meta=ocp.args.JsonRestore()))
-      state, meta = restored.state, restored.meta
+    read = self._read_on_host if self._on_host else self._read_with_orbax
+    state, meta = read(step, like)
     if _fingerprint_list(state) != list(meta["fingerprint"]):
       raise ValueError("its contents do not match the fingerprint saved with it")
     if self._on_host:
       state = jax.tree.map(lambda x, leaf: jax.device_put(x, leaf.sharding), state, like)
     return state
+
+  def _read_with_orbax(self, step: int, like):
+    ocp = self._ocp
+    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
+    restored = self._manager.restore(
+        step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract),
+                                      meta=ocp.args.JsonRestore()))
+    return restored.state, restored.meta
+
+  def _read_on_host(self, step: int, like):
+    folder = self.directory / str(step)
+    meta = json.loads((folder / "meta.json").read_text())
+    leaves, treedef = jax.tree.flatten(like)
+    with np.load(folder / "state.npz", allow_pickle=False) as stored:
+      if len(stored.files) != len(leaves):
+        raise ValueError(f"it holds {len(stored.files)} arrays, the state has {len(leaves)}")
+      values = [stored[f"arr_{i}"] for i in range(len(leaves))]
+    for value, leaf in zip(values, leaves):
+      if value.shape != np.shape(leaf) or value.dtype != leaf.dtype:
+        raise ValueError(f"an array of {value.shape} {value.dtype} where the state has "
+                         f"{np.shape(leaf)} {leaf.dtype}")
+    return jax.tree.unflatten(treedef, values), meta
 
   def restore_latest(self, like):
     """The newest checkpoint that restores intact, as ``(step, state)``.

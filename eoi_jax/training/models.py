@@ -476,10 +476,14 @@ def build(name: str, image_shape, num_classes: int, *, depth: int | None = None,
       networks, relu for ResNet and VGG).
     seed: parameter seed of the model's own initialisation.
   """
-  if name not in MODELS:
-    raise ValueError(f"model must be one of {list(MODELS)}, got {name!r}")
+  _check_name(name)
   return MODELS[name](tuple(image_shape), num_classes, depth, width, activation_name,
                       nnx.Rngs(seed))
+
+
+def _check_name(name: str) -> None:
+  if name not in MODELS:
+    raise ValueError(f"model must be one of {list(MODELS)}, got {name!r}")
 
 
 @functools.lru_cache(maxsize=32)
@@ -519,8 +523,7 @@ def build_for_sparse_init(name: str, image_shape, num_classes: int, *, depth: in
     >>> out = methods.initialize_model("eoi", jax.random.key(1), model, 0.1)
     >>> nnx.update(model, out.params)
   """
-  if name not in MODELS:
-    raise ValueError(f"model must be one of {list(MODELS)}, got {name!r}")
+  _check_name(name)
   make = _sparse_init_builder(name, tuple(image_shape), num_classes, depth, width,
                               activation_name)
   return make(jnp.int32(seed))

@@ -198,7 +198,8 @@ def runs_eval_step(spec: train_lib.StepSpec):
 
 
 def train_runs(configs, *, dataset: data.Dataset | None = None,
-               stop_after_epoch: int | None = None, progress_label: str = "step") -> list[train_lib.TrainResult]:
+               stop_after_epoch: int | None = None,
+               progress_label: str = "step") -> list[train_lib.TrainResult]:
   """Trains several runs of one architecture together (see the module docstring).
 
   Args:

@@ -138,8 +138,8 @@ def table(runs, metric="test_accuracy") -> str:
       best[d] = max(candidates)[1]
   seeds = sorted({r["config"].get("seed") for r in runs})
   datasets = ", ".join(sorted({str(r["config"].get("dataset")) for r in runs}))
-  lines = [f"Final {metric.replace('_', ' ')} on {datasets}: mean ± standard deviation over seeds "
-           f"{seeds} (n runs); **bold**: the best sparse entry of each column.", "",
+  lines = [f"Final {metric.replace('_', ' ')} on {datasets}: mean ± standard deviation over "
+           f"seeds {seeds} (n runs); **bold**: the best sparse entry of each column.", "",
            "| | " + " | ".join(f"density {d}" for d in densities) + " |",
            "|---|" + "---|" * len(densities)]
   for label in labels:

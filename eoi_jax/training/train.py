@@ -441,7 +441,8 @@ def _run_epochs(config, run, store, spec, state, sparsity, step_fn, eval_fn, zer
 @jax.jit
 def params_l2(params) -> jax.Array:
   """The l2 norm of all parameters together (one program for the whole tree)."""
-  return jnp.sqrt(sum(jnp.sum(jnp.square(p.astype(jnp.float32))) for p in jax.tree.leaves(params)))
+  return jnp.sqrt(sum(jnp.sum(jnp.square(p.astype(jnp.float32)))
+                      for p in jax.tree.leaves(params)))
 
 
 def run_summary(history: list[dict], sparsity, run: RunDir, state: TrainState, *, devices: int,
