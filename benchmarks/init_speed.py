@@ -11,6 +11,11 @@ Measures, in one run and on the same device:
   * ``eoi_params`` initialising the whole 1000-layer MLP (target: well under
     a second after compile).
 
+The EOI columns use the default path of the device (one rotation at a time
+on CPUs, parallel rounds on accelerators); the "other path" columns time the
+same matrices built the other way (``eoi_jax.givens.givens_orthogonal`` and
+``givens_core`` with ``rounds=``), so both are measured on every device.
+
 Prints a markdown table and the ratios EOI / dense. Targets on a 2-core CPU:
 EOI(2048, 0.1) <= 0.1 x dense(2048); the 1000-layer stack <= 0.2 s after
 compile; compile <= 5 s per distinct shape.
@@ -29,7 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import eoi_jax
-from eoi_jax import allocation
+from eoi_jax import allocation, givens
 
 try:
   from benchmarks._timing import compile_and_time, markdown_table
@@ -47,7 +52,12 @@ def main(argv=None):
 
   key = jax.random.key(0)
   dense_init = jax.nn.initializers.orthogonal()
-  print(f"devices: {jax.devices()}")
+  other_path = not givens.default_rounds()
+  other = "rounds" if other_path else "one by one"
+  print(f"devices: {jax.devices()}; EOI default path: "
+        f"{'one by one' if other_path else 'rounds'}, other path: {other}")
+  header = ["n", "density", "EOI ms", "dense orth ms", "EOI/dense", "EOI compile s",
+            "dense compile s", f"EOI {other} ms", f"EOI {other} compile s"]
   rows = []
   for n in args.sizes:
     repeats = max(1, args.repeats if n < 4096 else min(args.repeats, 3))
@@ -60,31 +70,41 @@ def main(argv=None):
           key,
           repeats=repeats,
       )
+      other_compile, other_time = compile_and_time(
+          functools.partial(lambda k, n, d: givens.givens_orthogonal(
+              k, n, n, d, rounds=other_path).matrix, n=n, d=d),
+          key,
+          repeats=repeats,
+      )
       rows.append((
           n, d, f"{eoi_time * 1e3:.1f}", f"{dense_time * 1e3:.1f}",
           f"{eoi_time / dense_time:.3f}", f"{eoi_compile:.2f}", f"{dense_compile:.2f}",
+          f"{other_time * 1e3:.1f}", f"{other_compile:.2f}",
       ))
-      print(markdown_table(
-          ["n", "density", "EOI ms", "dense orth ms", "EOI/dense", "EOI compile s",
-           "dense compile s"], rows[-1:]).splitlines()[-1], flush=True)
+      print(markdown_table(header, rows[-1:]).splitlines()[-1], flush=True)
 
   print()
-  print(markdown_table(
-      ["n", "density", "EOI ms", "dense orth ms", "EOI/dense", "EOI compile s", "dense compile s"],
-      rows,
-  ))
+  print(markdown_table(header, rows))
 
   layers = args.layers
   keys = jax.random.split(key, layers)
   eoi_stack = jax.vmap(lambda k: eoi_jax.sparse_orthogonal(k, (128, 128), 0.125, gain=1.0247))
   dense_stack = jax.vmap(lambda k: dense_init(k, (128, 128), jnp.float32))
+  target, undo_above = givens.integer_targets(np.full(layers, 0.125), 128, 128)
+  steps = givens.max_rotations(128, 128, 0.125)
+  other_stack = jax.vmap(lambda k, t, u: givens.givens_core(
+      k, 128, 128, t, u, steps, rounds=other_path).matrix)
   eoi_compile, eoi_time = compile_and_time(eoi_stack, keys, repeats=args.repeats)
   dense_compile, dense_time = compile_and_time(dense_stack, keys, repeats=args.repeats)
+  other_compile, other_time = compile_and_time(other_stack, keys, target, undo_above,
+                                               repeats=args.repeats)
   print()
   print(markdown_table(
-      ["stack", "EOI s", "dense orth s", "EOI/dense", "EOI compile s", "dense compile s"],
+      ["stack", "EOI s", "dense orth s", "EOI/dense", "EOI compile s", "dense compile s",
+       f"EOI {other} s", f"EOI {other} compile s"],
       [(f"{layers} x 128x128, d=0.125", f"{eoi_time:.3f}", f"{dense_time:.3f}",
-        f"{eoi_time / dense_time:.3f}", f"{eoi_compile:.2f}", f"{dense_compile:.2f}")],
+        f"{eoi_time / dense_time:.3f}", f"{eoi_compile:.2f}", f"{dense_compile:.2f}",
+        f"{other_time:.3f}", f"{other_compile:.2f}")],
   ))
 
   # The whole-network pipeline (allocator + EOI + masks + summary) on the

@@ -14,7 +14,12 @@ this times on one device, side by side in one process:
 Training K runs for N steps costs ``K N / sequential`` seconds one after
 another and ``N / together`` side by side, so the printed ratio
 ``K * together / sequential`` is the throughput gain of training them
-together (1.0: no gain; below 1: a loss). Compile times are printed apart.
+together (1.0: no gain; below 1: a loss). Where K exceeds the runs per step the
+sweep runner (:func:`eoi_jax.training.sweep.run_sweep`, ``eoi-jax sweep``)
+puts together by default on the device
+(:func:`eoi_jax.training.multirun.default_runs_per_step`: 16 on CPUs), the
+ratio of training the K runs as it does, in groups one after another, is
+measured too. Compile times are printed apart.
 
 Usage: python -m benchmarks.multirun [--steps 20] [--cases mlp7:1,4,16,64 mlp1000:1,6,18]
 """
@@ -84,19 +89,32 @@ def measure(key: str, ks, steps: int):
   spec, (state,) = _states(key, [0], batches[0])
   single = jax.jit(functools.partial(train.train_step, spec), donate_argnums=(0,))
   seq_compile, sequential = _rate(single, state, batches, train.zero_metrics(), steps)
-  rows = []
-  for k in ks:
+  def together_rate(k):
     spec, states = _states(key, list(range(k)), batches[0])
     stacked = multirun.stack_runs(states)
     run_batches = [jax.tree.map(lambda a: jnp.broadcast_to(a, (k,) + a.shape), b)
                    for b in batches]
-    together_step = multirun.runs_train_step(spec)
     zeros = multirun.stack_runs([train.zero_metrics()] * k)
-    compile_s, together = _rate(together_step, stacked, run_batches, zeros, max(steps // 2, 3))
-    rows.append((MODELS[key][0], k, f"{sequential:.1f}", f"{together:.2f}",
-                 f"{k * together / sequential:.2f}", f"{seq_compile:.1f}", f"{compile_s:.1f}"))
+    return _rate(multirun.runs_train_step(spec), stacked, run_batches, zeros,
+                 max(steps // 2, 3))
+
+  cap = multirun.default_runs_per_step()
+  rows = []
+  for k in ks:
+    compile_s, together = together_rate(k)
+    ratio = k * together / sequential
+    grouped = ratio
+    if cap is not None and k > cap:
+      # The sweep runner trains the K runs as groups of at most `cap`, one
+      # group after another: N steps of all K cost sum(N / rate of each group).
+      sizes = [cap] * (k // cap) + ([k % cap] if k % cap else [])
+      rates = {g: together_rate(g)[1] for g in set(sizes)}
+      grouped = k / sum(1.0 / rates[g] for g in sizes) / sequential
+    rows.append((MODELS[key][0], k, f"{sequential:.1f}", f"{together:.2f}", f"{ratio:.2f}",
+                 f"{grouped:.2f}", f"{seq_compile:.1f}", f"{compile_s:.1f}"))
     print(f"{key} K={k}: sequential {sequential:.1f} steps/s, together {together:.2f} steps/s, "
-          f"ratio {k * together / sequential:.2f}", file=sys.stderr, flush=True)
+          f"ratio {ratio:.2f}, as the sweep groups them {grouped:.2f}", file=sys.stderr,
+          flush=True)
   return rows
 
 
@@ -111,8 +129,11 @@ def main(argv=None):
     key, ks = case.split(":")
     rows += measure(key, [int(k) for k in ks.split(",")], args.steps)
   print(f"device: {jax.devices()[0].device_kind}, jax {jax.__version__}")
+  cap = multirun.default_runs_per_step()
   print(markdown_table(["model", "K", "sequential steps/s", "together steps/s",
-                        "throughput ratio", "compile 1 run (s)", "compile K runs (s)"], rows))
+                        "throughput ratio, one step of K",
+                        f"ratio as the sweep groups them (at most {cap or 'K'} per step)",
+                        "compile 1 run (s)", "compile K runs (s)"], rows))
 
 
 if __name__ == "__main__":

@@ -19,6 +19,13 @@ loop runs in chunks of rotations sized from the support Markov chain
 (:func:`max_rotations`) until the stop is decided, so the result is exact for
 every key.
 
+On accelerators, where a loop of thousands of tiny steps is latency-bound,
+each chunk is applied in parallel rounds instead (:func:`rotation_rounds`):
+rotations on disjoint columns commute, so a chunk packs into a few dozen
+rounds, each one vectorised step over all columns, with the same supports,
+the same stopping rotation and the same values. On the CPU the one-by-one
+loop is faster (:func:`default_rounds`; ``rounds=`` chooses).
+
 One compiled program serves many problems. Sizes are padded to buckets
 (:func:`bucket`) and the true sizes and targets are traced values
 (:func:`padded_core`): every matrix up to ``R x C`` at every density shares the
@@ -436,9 +443,136 @@ def _identity(rows, shape: CoreShape, dtype):
   return columns, support
 
 
-@functools.partial(jax.jit, static_argnames=("shape", "dtype"))
+def rotation_rounds(pairs: Array) -> Array:
+  """The round of each rotation when a sequence is applied in parallel rounds.
+
+  Rotation ``t`` goes one round after the last earlier rotation that shares a
+  column with it (round 0 if none). Rotations of one round then touch
+  disjoint columns, and everything each depends on lies in earlier rounds, so
+  applying the rounds in order, each as one vectorised step, gives exactly
+  the matrix of applying the rotations one by one. Computed without a
+  sequential loop over rotations: a sort finds each rotation's predecessors
+  on its two columns, and a relaxation over the dependency graph (one
+  vectorised gather per round) finds the longest chain ending at each.
+
+  Args:
+    pairs: int ``(n, 2)`` column pairs with distinct entries.
+
+  Returns:
+    int32 ``(n,)`` rounds.
+
+  Example:
+    >>> rotation_rounds(jnp.array([[0, 1], [2, 3], [1, 2], [0, 3]]))
+    Array([0, 0, 1, 1], dtype=int32)
+  """
+  num = pairs.shape[0]
+  if num == 0:
+    return jnp.zeros((0,), jnp.int32)
+  # Event 2 t + s is rotation t touching column pairs[t, s]; sorted by
+  # (column, event), each event follows its column's previous event.
+  columns, events = lax.sort(
+      (pairs.reshape(-1).astype(jnp.int32), jnp.arange(2 * num, dtype=jnp.int32)), num_keys=2)
+  previous = jnp.where(columns[1:] == columns[:-1], events[:-1] // 2, -1)
+  previous = jnp.concatenate([jnp.full((1,), -1, jnp.int32), previous])
+  predecessors = jnp.zeros(2 * num, jnp.int32).at[events].set(previous).reshape(num, 2)
+  has = predecessors >= 0
+  safe = jnp.maximum(predecessors, 0)
+
+  def relax(state):
+    rounds, _ = state
+    longer = jnp.max(jnp.where(has, rounds[safe] + 1, 0), axis=1)
+    return longer, jnp.any(longer != rounds)
+
+  rounds, _ = lax.while_loop(lambda s: s[1], relax, (jnp.zeros(num, jnp.int32), jnp.bool_(True)))
+  return rounds
+
+
+def _round_partners(pairs, selected, num_cols):
+  """Each column's partner in the selected (disjoint) rotations, itself if
+  none, and the scatter indices of the rotations' two columns (out of range,
+  so dropped, for rotations not selected)."""
+  first = jnp.where(selected, pairs[:, 0], num_cols)
+  second = jnp.where(selected, pairs[:, 1], num_cols)
+  partner = (jnp.arange(num_cols, dtype=jnp.int32)
+             .at[first].set(pairs[:, 1], mode="drop")
+             .at[second].set(pairs[:, 0], mode="drop"))
+  return partner, first, second
+
+
+def _chunk_in_rounds(state: "_State", pairs, angles, target_nnz, undo_above, shape, dtype):
+  """One chunk of rotations applied in parallel rounds (:func:`rotation_rounds`).
+
+  A first pass over the rounds grows the bit-packed supports and records each
+  rotation's non-zero growth, exactly as one-by-one application would see it;
+  the stopping rule then picks how many of the chunk's rotations apply, and
+  a second pass rotates the values of those, round by round: column ``k``
+  becomes ``c_k A_k + s_k A_partner(k)``.
+  """
+  chunk = pairs.shape[0]
+  rounds = rotation_rounds(pairs)
+  num_rounds = jnp.max(rounds) + 1
+
+  def support_round(r, carry):
+    support, growth = carry
+    selected = rounds == r
+    partner, _, _ = _round_partners(pairs, selected, shape.cols)
+    other = support[partner]
+    grown = jnp.sum(lax.population_count(support ^ other), axis=1, dtype=jnp.int32)
+    return support | other, jnp.where(selected, grown[pairs[:, 0]], growth)
+
+  support, growth = lax.fori_loop(0, num_rounds, support_round,
+                                  (state.support, jnp.zeros(chunk, jnp.int32)))
+  after = state.nnz + jnp.cumsum(growth)
+  stop = jnp.sum(after < target_nnz, dtype=jnp.int32)  # the first rotation reaching the target
+  reached = stop < chunk
+  last = jnp.minimum(stop, chunk - 1)
+  # Stop before it when the previous matrix is strictly closer to the target.
+  undo = after[last] - growth[last] + after[last] > undo_above
+  num_applied = stop + (reached & ~undo).astype(jnp.int32)
+  applied = jnp.arange(chunk) < num_applied
+  cos, sin = jnp.cos(angles), jnp.sin(angles)
+
+  def value_round(r, columns):
+    # Column k becomes a_k A_lo + b_k A_hi, (lo, hi) its rotation's pair, in
+    # the order the sequential loop's 2x2 product sums them; untouched columns
+    # keep their values (a, b) = (1, 0).
+    partner, first, second = _round_partners(pairs, applied & (rounds == r), shape.cols)
+    is_second = jnp.zeros((shape.cols, 1), bool).at[second].set(True, mode="drop")
+    a = jnp.ones(shape.cols, dtype).at[first].set(cos, mode="drop").at[second].set(
+        -sin, mode="drop")[:, None]
+    b = jnp.zeros(shape.cols, dtype).at[first].set(sin, mode="drop").at[second].set(
+        cos, mode="drop")[:, None]
+    other = columns[partner]
+    return b * jnp.where(is_second, columns, other) + a * jnp.where(is_second, other, columns)
+
+  return _State(
+      columns=lax.fori_loop(0, num_rounds, value_round, state.columns),
+      support=support,
+      nnz=state.nnz + jnp.sum(jnp.where(applied, growth, 0), dtype=jnp.int32),
+      done=reached,
+      num_rotations=state.num_rotations + num_applied,
+      next_index=state.next_index + chunk,
+  )
+
+
+def default_rounds() -> bool:
+  """Whether the generators apply rotations in parallel rounds by default:
+  on accelerators, where a sequential loop of tiny steps is latency-bound;
+  the CPU applies them one by one (faster there, see ``benchmarks/init_speed.py``)."""
+  return jax.default_backend() != "cpu"
+
+
+def _check_rounds(rounds) -> bool:
+  if rounds is None:
+    return default_rounds()
+  if not isinstance(rounds, (bool, np.bool_)):
+    raise TypeError(f"rounds must be True, False or None, got {rounds!r}")
+  return bool(rounds)
+
+
+@functools.partial(jax.jit, static_argnames=("shape", "dtype", "rounds"))
 def padded_core(key: Array, rows, cols, target_nnz, undo_above, *, shape: CoreShape,
-                dtype=jnp.float32):
+                dtype=jnp.float32, rounds: bool = False):
   """The EOI loop for a ``rows x cols`` problem (traced) in a ``shape`` buffer.
 
   One compiled program serves every problem up to ``shape.rows x
@@ -451,12 +585,18 @@ def padded_core(key: Array, rows, cols, target_nnz, undo_above, *, shape: CoreSh
   every key, and equal to applying the first ``num_rotations`` rotations of
   :func:`rotation_sequence` one by one.
 
+  With ``rounds`` each chunk is applied in parallel rounds instead
+  (:func:`rotation_rounds`): the same rotations, the same stopping rotation
+  and the same matrix (each entry is computed by the same products and sums),
+  in a few dozen vectorised steps instead of one step per rotation.
+
   Args:
     key: a ``jax.random`` key.
     rows, cols: int32 sizes, ``rows <= cols``, at most the shape's.
     target_nnz, undo_above: int32 from :func:`integer_targets`.
     shape: the static :class:`CoreShape`.
     dtype: float dtype of the computation.
+    rounds: apply each chunk in parallel rounds (static).
 
   Returns:
     ``(columns, num_rotations, nnz)``: ``columns[:cols, :rows]`` is the
@@ -490,7 +630,10 @@ def padded_core(key: Array, rows, cols, target_nnz, undo_above, *, shape: CoreSh
 
   def chunk(state: _State) -> _State:
     indices = state.next_index + jnp.arange(shape.chunk, dtype=jnp.int32)
-    return lax.scan(rotate, state, _sample_rotations(key, indices, cols, dtype))[0]
+    pairs, angles = _sample_rotations(key, indices, cols, dtype)
+    if rounds:
+      return _chunk_in_rounds(state, pairs, angles, target_nnz, undo_above, shape, dtype)
+    return lax.scan(rotate, state, (pairs, angles))[0]
 
   state = _State(columns, support, rows, rows >= target_nnz, jnp.int32(0), jnp.int32(0))
   state = lax.while_loop(lambda s: ~s.done, chunk, state)
@@ -505,6 +648,7 @@ def givens_core(
     undo_above: Array,
     num_steps: int,
     dtype=jnp.float32,
+    rounds: bool | None = None,
 ) -> GivensResult:
   """Traceable EOI loop; the targets may be traced (for ``vmap`` over layers).
 
@@ -515,6 +659,8 @@ def givens_core(
     num_steps: rotations planned for, e.g. :func:`max_rotations` (sets the
       chunk of the compiled loop, never the result).
     dtype: float dtype of the computation.
+    rounds: apply the rotations in parallel rounds (``True``), one by one
+      (``False``) or as :func:`default_rounds` says (``None``); same result.
 
   Returns:
     A :class:`GivensResult`.
@@ -524,12 +670,13 @@ def givens_core(
     raise ValueError(f"rows must be <= cols, got {rows} x {cols}")
   shape = CoreShape(bucket(r), bucket(c), bucket(max(16, int(num_steps))))
   columns, num_rotations, nnz = padded_core(key, r, c, target_nnz, undo_above, shape=shape,
-                                            dtype=jnp.dtype(dtype))
+                                            dtype=jnp.dtype(dtype), rounds=_check_rounds(rounds))
   return GivensResult(columns[:c, :r].T, num_rotations, nnz)
 
 
 def givens_orthogonal(
-    key: Array, rows: int, cols: int, density: float, *, dtype=jnp.float32
+    key: Array, rows: int, cols: int, density: float, *, dtype=jnp.float32,
+    rounds: bool | None = None
 ) -> GivensResult:
   """Sparse ``rows x cols`` matrix with orthonormal rows at a target density.
 
@@ -543,6 +690,9 @@ def givens_orthogonal(
     density: target fraction of non-zeros in (0, 1]. A density at or below
       ``1 / cols`` returns ``[I | 0]`` (no rotation).
     dtype: float dtype of the computation and result.
+    rounds: apply the rotations in parallel rounds (``True``), one by one
+      (``False``) or as :func:`default_rounds` says (``None``: rounds on
+      accelerators). The result is the same.
 
   Returns:
     A :class:`GivensResult` (matrix, rotations used, non-zeros).
@@ -557,4 +707,5 @@ def givens_orthogonal(
     raise ValueError(f"rows must be <= cols, got rows={r}, cols={c}")
   d = _validation.check_density(density)
   target, undo_above = integer_targets(d, r, c)
-  return givens_core(key, r, c, target, undo_above, max_rotations(r, c, d), dtype)
+  return givens_core(key, r, c, target, undo_above, max_rotations(r, c, d), dtype,
+                     _check_rounds(rounds))

@@ -305,8 +305,8 @@ def _merged_calls(items):
   return [(shape, sorted(members)) for shape, members, _ in calls]
 
 
-@functools.partial(jax.jit, static_argnames=("shape", "dtype", "any_conv"))
-def _cores(keys, index, conv, sizes, *, shape, dtype, any_conv):
+@functools.partial(jax.jit, static_argnames=("shape", "dtype", "any_conv", "rounds"))
+def _cores(keys, index, conv, sizes, *, shape, dtype, any_conv, rounds):
   """:func:`givens.padded_core` for a batch with ``keys[index]``: ``sizes`` is
   ``(B, 4)`` int32 (rows, cols, target non-zeros, undo threshold). A conv
   kernel's key is split first: the generator takes the first half, the mask
@@ -314,8 +314,8 @@ def _cores(keys, index, conv, sizes, *, shape, dtype, any_conv):
   keys = keys[index]
   if any_conv:
     keys = jnp.where(conv, jax.vmap(lambda k: givens.split(k, 2)[0])(keys), keys)
-  return jax.vmap(functools.partial(givens.padded_core, shape=shape, dtype=dtype))(
-      keys, *sizes.T)
+  return jax.vmap(functools.partial(givens.padded_core, shape=shape, dtype=dtype,
+                                    rounds=rounds))(keys, *sizes.T)
 
 
 @functools.partial(jax.jit, static_argnames="size")
@@ -410,7 +410,7 @@ _IDLE = np.array([1, 1, 1, 2], np.int32)
 
 
 def generate(requests, *, gain=1.0, center_density=None, structured=False,
-             dtype=jnp.float32) -> list[tuple[Array, Array]]:
+             dtype=jnp.float32, rounds=None) -> list[tuple[Array, Array]]:
   """EOI kernels and masks for several shapes at once, on checked arguments.
 
   Requests run together in vmapped calls of compiled generators
@@ -426,6 +426,8 @@ def generate(requests, *, gain=1.0, center_density=None, structured=False,
     gain: ``sigma_w``.
     center_density, structured: the conv options (checked).
     dtype: float dtype of the kernels.
+    rounds: apply the rotations in parallel rounds or one by one (same
+      kernels); ``None``: :func:`eoi_jax.givens.default_rounds`.
 
   Returns:
     ``[(kernels, masks)]`` in the order of ``requests``, each of the request's
@@ -436,6 +438,7 @@ def generate(requests, *, gain=1.0, center_density=None, structured=False,
   # Without partitionable threefry a uniform draw depends on its length, so
   # conv masks are not padded.
   partitionable = jax.config.jax_threefry_partitionable
+  rounds = givens.default_rounds() if rounds is None else bool(rounds)
   outputs, masks, layouts = [], [], [None] * len(requests)
   for core_shape, members in _merged_calls([(p.core_shape, len(p.sizes)) for p in plans]):
     counts = [len(plans[i].sizes) for i in members]
@@ -451,7 +454,8 @@ def generate(requests, *, gain=1.0, center_density=None, structured=False,
     index = np.concatenate([offsets[id(requests[i].keys)] + requests[i].index for i in members]
                            + [np.zeros(idle, np.int64)]).astype(np.int32)
     columns, _, _ = _cores(keys, index, conv, sizes, shape=core_shape,
-                           dtype=compute_dtype(dtype), any_conv=bool(conv.any()))
+                           dtype=compute_dtype(dtype), any_conv=bool(conv.any()),
+                           rounds=rounds)
     outputs.append(columns)
 
     random = [j for j, i in enumerate(members) if len(requests[i].shape) > 2 and not structured]

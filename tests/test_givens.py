@@ -168,3 +168,75 @@ def test_below_is_the_exact_multiply_high():
     want = (words * np.uint64(n)) >> np.uint64(32)
     np.testing.assert_array_equal(got, want.astype(np.int64))
     assert got.min() >= 0 and got.max() < n
+
+
+def _reference_rounds(pairs):
+  last = {}
+  rounds = []
+  for i, j in pairs:
+    r = max(last.get(i, -1), last.get(j, -1)) + 1
+    last[i] = last[j] = r
+    rounds.append(r)
+  return np.array(rounds)
+
+
+@pytest.mark.parametrize("cols,num", [(2, 7), (10, 300), (1024, 2480)])
+def test_rotation_rounds_follow_the_last_rotation_on_each_column(cols, num):
+  pairs, _ = givens.rotation_sequence(jax.random.key(cols), cols, num)
+  rounds = np.asarray(jax.jit(givens.rotation_rounds)(pairs))
+  pairs = np.asarray(pairs)
+  np.testing.assert_array_equal(rounds, _reference_rounds(map(tuple, pairs)))
+  for r in range(rounds.max() + 1):  # a round's rotations touch disjoint columns
+    touched = pairs[rounds == r].reshape(-1)
+    assert len(np.unique(touched)) == len(touched)
+  if cols == 1024:  # the method note: about 21 rounds for n=1024, d=0.1
+    assert rounds.max() + 1 < 40
+
+
+@pytest.mark.parametrize(
+    "rows,cols,density",
+    [(2, 3, 0.7), (1, 40, 1.0), (20, 33, 0.4), (97, 131, 0.1), (64, 64, 1.0), (256, 512, 0.3)],
+)
+def test_rounds_give_the_matrix_of_the_sequential_loop(rows, cols, density):
+  keys = jax.random.split(jax.random.key(2), 3)
+  for key in keys:
+    one_by_one = givens.givens_orthogonal(key, rows, cols, density, rounds=False)
+    in_rounds = givens.givens_orthogonal(key, rows, cols, density, rounds=True)
+    assert int(in_rounds.num_rotations) == int(one_by_one.num_rotations)
+    assert int(in_rounds.nnz) == int(one_by_one.nnz)
+    a, b = np.asarray(one_by_one.matrix), np.asarray(in_rounds.matrix)
+    np.testing.assert_array_equal(a != 0, b != 0)
+    # Each entry is the same two-term sum per rotation; only XLA's choice to
+    # fuse it into a multiply-add (which depends on the shape) may differ:
+    # one float32 rounding per rotation on an entry of magnitude <= 1.
+    np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
+
+
+def test_rounds_vmap_over_targets_and_finish_past_the_first_chunk():
+  cols, density = 40, 1.0
+  bound = givens.max_rotations(1, cols, density)
+  keys = jax.random.split(jax.random.key(1), 32)
+  both = [jax.vmap(lambda k, r=r: givens.givens_orthogonal(k, 1, cols, density, rounds=r))(keys)
+          for r in (False, True)]
+  np.testing.assert_array_equal(both[0].num_rotations, both[1].num_rotations)
+  assert np.any(np.asarray(both[1].num_rotations) > bound)
+  assert np.all(np.asarray(both[1].nnz) == cols)
+  np.testing.assert_allclose(both[0].matrix, both[1].matrix, atol=1e-6)
+
+
+def test_network_kernels_are_the_same_in_rounds():
+  from eoi_jax import kernels
+  key = jax.random.key(4)
+  requests = [kernels.KernelRequest((3, 3, 16, 32), key[None], np.array([0.2])),
+              kernels.KernelRequest((4, 48, 24), jax.random.split(key, 4), np.full(4, 0.3),
+                                    layer_axes=1)]
+  one_by_one = kernels.generate(requests, rounds=False)
+  in_rounds = kernels.generate(requests, rounds=True)
+  for (k1, m1), (k2, m2) in zip(one_by_one, in_rounds):
+    np.testing.assert_array_equal(m1, m2)
+    np.testing.assert_allclose(k1, k2, atol=1e-6)
+
+
+def test_rounds_argument_is_checked():
+  with pytest.raises(TypeError, match="rounds"):
+    givens.givens_orthogonal(jax.random.key(0), 3, 5, 0.5, rounds="yes")
