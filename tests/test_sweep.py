@@ -70,6 +70,13 @@ def test_runs_together_equal_runs_alone_batch_norm_cnn(tmp_path):
       np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-3, atol=1e-4)
 
 
+def test_a_single_run_trained_as_runs_equals_the_run_alone(tmp_path):
+  # One run's step squeezes the run axis instead of vmapping over it.
+  config = dict(seed=4, init="eoi", density=0.25, lr=0.05, weight_decay=1e-4)
+  together, = multirun.train_runs([_config(tmp_path, "t", **config)])
+  _assert_same_run(together, train_and_evaluate(_config(tmp_path, "a", **config)))
+
+
 def test_groups_are_checked(tmp_path):
   with pytest.raises(ValueError, match="width"):
     multirun.train_runs([_config(tmp_path, "a"), _config(tmp_path, "b", width=16)])
