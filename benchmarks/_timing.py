@@ -8,22 +8,39 @@ import jax
 import numpy as np
 
 
-def compile_and_time(fn, *args, repeats: int = 5):
-  """Jits ``fn``, returns ``(compile_seconds, median_run_seconds)``.
-
-  Compilation is timed on its own (lower + compile); each run is timed to
-  ``block_until_ready`` after one warm-up call.
-  """
+def compile_timed(fn, *args):
+  """Jits and compiles ``fn`` for ``args``: ``(compiled, compile_seconds)``,
+  after one warm-up call of the compiled function."""
   start = time.perf_counter()
   compiled = jax.jit(fn).lower(*args).compile()
-  compile_seconds = time.perf_counter() - start
+  seconds = time.perf_counter() - start
   jax.block_until_ready(compiled(*args))
-  runs = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    jax.block_until_ready(compiled(*args))
-    runs.append(time.perf_counter() - start)
-  return compile_seconds, float(np.median(runs))
+  return compiled, seconds
+
+
+def alternating_times(calls, blocks: int = 5):
+  """Times several calls side by side: each block runs every call once, in
+  turn, so the machine's drift hits them alike.
+
+  Args:
+    calls: ``{name: (compiled, args)}``.
+    blocks: number of blocks.
+
+  Returns:
+    ``{name: [seconds per block]}``.
+  """
+  times = {name: [] for name in calls}
+  for _ in range(blocks):
+    for name, (compiled, args) in calls.items():
+      start = time.perf_counter()
+      jax.block_until_ready(compiled(*args))
+      times[name].append(time.perf_counter() - start)
+  return times
+
+
+def median_ratio(numerator, denominator) -> float:
+  """Median over blocks of the per-block ratio of two :func:`alternating_times` lists."""
+  return float(np.median(np.asarray(numerator) / np.asarray(denominator)))
 
 
 def markdown_table(header, rows) -> str:

@@ -16,11 +16,15 @@ on CPUs, parallel rounds on accelerators); the "other path" columns time the
 same matrices built the other way (``eoi_jax.givens.givens_orthogonal`` and
 ``givens_core`` with ``rounds=``), so both are measured on every device.
 
-Prints a markdown table and the ratios EOI / dense. Targets on a 2-core CPU:
-EOI(2048, 0.1) <= 0.1 x dense(2048); the 1000-layer stack <= 0.2 s after
-compile; compile <= 5 s per distinct shape.
+The variants of each case are timed in alternating blocks (each block calls
+every variant once), so the machine's drift hits them alike; times are medians
+over blocks, and EOI/dense is the median of the per-block ratios.
 
-Usage: python benchmarks/init_speed.py [--sizes 128 256 ...] [--repeats 5]
+Prints markdown tables and the ratios EOI / dense. Targets on a 2-core CPU:
+EOI(2048, 0.1) <= 0.1 x dense(2048); the 1000-layer stack <= 0.12 x the
+dense stack; compile <= 0.3 s per distinct shape.
+
+Usage: python -m benchmarks.init_speed [--sizes 128 256 ...] [--blocks 5]
 """
 
 from __future__ import annotations
@@ -37,16 +41,17 @@ import eoi_jax
 from eoi_jax import allocation, givens
 
 try:
-  from benchmarks._timing import compile_and_time, markdown_table
+  from benchmarks._timing import alternating_times, compile_timed, markdown_table, median_ratio
 except ImportError:  # run as a script from the benchmarks folder
-  from _timing import compile_and_time, markdown_table
+  from _timing import alternating_times, compile_timed, markdown_table, median_ratio
 
 
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--sizes", type=int, nargs="+", default=[128, 256, 512, 1024, 2048, 4096])
   parser.add_argument("--densities", type=float, nargs="+", default=[0.05, 0.1, 0.5])
-  parser.add_argument("--repeats", type=int, default=5)
+  parser.add_argument("--blocks", type=int, default=5,
+                      help="alternating blocks: each times every variant once")
   parser.add_argument("--layers", type=int, default=1000)
   args = parser.parse_args(argv)
 
@@ -60,32 +65,30 @@ def main(argv=None):
             "dense compile s", f"EOI {other} ms", f"EOI {other} compile s"]
   rows = []
   for n in args.sizes:
-    repeats = max(1, args.repeats if n < 4096 else min(args.repeats, 3))
-    dense_compile, dense_time = compile_and_time(
-        lambda k: dense_init(k, (n, n), jnp.float32), key, repeats=repeats
-    )
+    blocks = max(1, args.blocks if n < 4096 else min(args.blocks, 3))
+    dense = compile_timed(lambda k: dense_init(k, (n, n), jnp.float32), key)
     for d in args.densities:
-      eoi_compile, eoi_time = compile_and_time(
+      eoi = compile_timed(
           functools.partial(lambda k, n, d: eoi_jax.sparse_orthogonal(k, (n, n), d), n=n, d=d),
-          key,
-          repeats=repeats,
-      )
-      other_compile, other_time = compile_and_time(
+          key)
+      other_eoi = compile_timed(
           functools.partial(lambda k, n, d: givens.givens_orthogonal(
               k, n, n, d, rounds=other_path).matrix, n=n, d=d),
-          key,
-          repeats=repeats,
-      )
+          key)
+      times = alternating_times({"eoi": (eoi[0], (key,)), "dense": (dense[0], (key,)),
+                                 "other": (other_eoi[0], (key,))}, blocks)
       rows.append((
-          n, d, f"{eoi_time * 1e3:.1f}", f"{dense_time * 1e3:.1f}",
-          f"{eoi_time / dense_time:.3f}", f"{eoi_compile:.2f}", f"{dense_compile:.2f}",
-          f"{other_time * 1e3:.1f}", f"{other_compile:.2f}",
+          n, d, f"{np.median(times['eoi']) * 1e3:.1f}", f"{np.median(times['dense']) * 1e3:.1f}",
+          f"{median_ratio(times['eoi'], times['dense']):.3f}", f"{eoi[1]:.2f}", f"{dense[1]:.2f}",
+          f"{np.median(times['other']) * 1e3:.1f}", f"{other_eoi[1]:.2f}",
       ))
       print(markdown_table(header, rows[-1:]).splitlines()[-1], flush=True)
 
   print()
   print(markdown_table(header, rows))
 
+  # The stack of the 1000-layer MLP's hidden layers, as the README's quick
+  # start builds it (jax.vmap over keys), against 1000 dense orthogonal inits.
   layers = args.layers
   keys = jax.random.split(key, layers)
   eoi_stack = jax.vmap(lambda k: eoi_jax.sparse_orthogonal(k, (128, 128), 0.125, gain=1.0247))
@@ -94,17 +97,22 @@ def main(argv=None):
   steps = givens.max_rotations(128, 128, 0.125)
   other_stack = jax.vmap(lambda k, t, u: givens.givens_core(
       k, 128, 128, t, u, steps, rounds=other_path).matrix)
-  eoi_compile, eoi_time = compile_and_time(eoi_stack, keys, repeats=args.repeats)
-  dense_compile, dense_time = compile_and_time(dense_stack, keys, repeats=args.repeats)
-  other_compile, other_time = compile_and_time(other_stack, keys, target, undo_above,
-                                               repeats=args.repeats)
+  stacks = {"eoi": (compile_timed(eoi_stack, keys), (keys,)),
+            "dense": (compile_timed(dense_stack, keys), (keys,)),
+            "other": (compile_timed(other_stack, keys, target, undo_above),
+                      (keys, target, undo_above))}
+  times = alternating_times({name: (compiled, call_args)
+                             for name, ((compiled, _), call_args) in stacks.items()},
+                            args.blocks)
+  compile_s = {name: seconds for name, ((_, seconds), _) in stacks.items()}
   print()
   print(markdown_table(
       ["stack", "EOI s", "dense orth s", "EOI/dense", "EOI compile s", "dense compile s",
        f"EOI {other} s", f"EOI {other} compile s"],
-      [(f"{layers} x 128x128, d=0.125", f"{eoi_time:.3f}", f"{dense_time:.3f}",
-        f"{eoi_time / dense_time:.3f}", f"{eoi_compile:.2f}", f"{dense_compile:.2f}",
-        f"{other_time:.3f}", f"{other_compile:.2f}")],
+      [(f"{layers} x 128x128, d=0.125", f"{np.median(times['eoi']):.3f}",
+        f"{np.median(times['dense']):.3f}", f"{median_ratio(times['eoi'], times['dense']):.3f}",
+        f"{compile_s['eoi']:.2f}", f"{compile_s['dense']:.2f}", f"{np.median(times['other']):.3f}",
+        f"{compile_s['other']:.2f}")],
   ))
 
   # The whole-network pipeline (allocator + EOI + masks + summary) on the
@@ -125,7 +133,7 @@ def main(argv=None):
   network_init(0)
   first = time.perf_counter() - start
   runs = []
-  for seed in range(1, args.repeats + 1):
+  for seed in range(1, args.blocks + 1):
     start = time.perf_counter()
     network_init(seed)
     runs.append(time.perf_counter() - start)

@@ -306,16 +306,17 @@ def _merged_calls(items):
 
 
 @functools.partial(jax.jit, static_argnames=("shape", "dtype", "any_conv", "rounds"))
-def _cores(keys, index, conv, sizes, *, shape, dtype, any_conv, rounds):
-  """:func:`givens.padded_core` for a batch with ``keys[index]``: ``sizes`` is
-  ``(B, 4)`` int32 (rows, cols, target non-zeros, undo threshold). A conv
-  kernel's key is split first: the generator takes the first half, the mask
-  the second."""
+def _cores(keys, index, conv, sizes, gain, *, shape, dtype, any_conv, rounds):
+  """:func:`givens.padded_core`'s columns for a batch with ``keys[index]``, scaled
+  by ``gain``: ``sizes`` is ``(B, 4)`` int32 (rows, cols, target non-zeros, undo
+  threshold). A conv kernel's key is split first: the generator takes the
+  first half, the mask the second."""
   keys = keys[index]
   if any_conv:
     keys = jnp.where(conv, jax.vmap(lambda k: givens.split(k, 2)[0])(keys), keys)
-  return jax.vmap(functools.partial(givens.padded_core, shape=shape, dtype=dtype,
-                                    rounds=rounds))(keys, *sizes.T)
+  core = functools.partial(givens.padded_core, shape=shape, dtype=dtype, rounds=rounds)
+  columns, _ = jax.vmap(core, in_axes=(0,) * 5 + (None,))(keys, *sizes.T, gain)
+  return columns
 
 
 @functools.partial(jax.jit, static_argnames="size")
@@ -349,18 +350,16 @@ def _conv_masks(outputs, positions, keys, key_index, geometry, *, size):
   return jax.vmap(one)(outputs[positions], mask_keys, *geometry.T)
 
 
-def _lay_out(xp, outputs, positions: slice, masks, mask_rows: slice, gain, shape, dtype,
-             structured):
+def _lay_out(xp, outputs, positions: slice, masks, mask_rows: slice, shape, dtype, structured):
   """Kernels of ``shape`` (and their masks) from entries ``positions`` of a
-  batch of generator outputs; conv masks are rows ``mask_rows`` of ``masks``
-  unless ``structured``. ``xp`` is ``numpy`` for concrete arrays (no program
-  to compile) or ``jax.numpy`` under a transformation: the same arithmetic."""
+  batch of generator outputs (already scaled by the gain); conv masks are rows
+  ``mask_rows`` of ``masks`` unless ``structured``. ``xp`` is ``numpy`` for
+  concrete arrays (no program to compile) or ``jax.numpy`` under a
+  transformation: the same arithmetic."""
   fan_in, fan_out = shape[-2:]
   rows, cols = wide_shape(shape)
   transposed = outputs[positions, :cols, :rows]  # A.T: Flax's layout when in >= out
   matrices = transposed if fan_in >= fan_out else xp.swapaxes(transposed, 1, 2)
-  if not (isinstance(gain, (int, float)) and gain == 1):  # x * 1.0 == x: skip the copy
-    matrices = xp.asarray(gain, matrices.dtype) * matrices
   # The mask is the support in the compute dtype: entries a low-precision cast
   # rounds to zero stay trainable.
   support = matrices != 0
@@ -453,9 +452,8 @@ def generate(requests, *, gain=1.0, center_density=None, structured=False,
     keys = sources[0] if len(sources) == 1 else jnp.concatenate(sources)
     index = np.concatenate([offsets[id(requests[i].keys)] + requests[i].index for i in members]
                            + [np.zeros(idle, np.int64)]).astype(np.int32)
-    columns, _, _ = _cores(keys, index, conv, sizes, shape=core_shape,
-                           dtype=compute_dtype(dtype), any_conv=bool(conv.any()),
-                           rounds=rounds)
+    columns = _cores(keys, index, conv, sizes, gain, shape=core_shape,
+                     dtype=compute_dtype(dtype), any_conv=bool(conv.any()), rounds=rounds)
     outputs.append(columns)
 
     random = [j for j, i in enumerate(members) if len(requests[i].shape) > 2 and not structured]
@@ -479,15 +477,15 @@ def generate(requests, *, gain=1.0, center_density=None, structured=False,
       group, rows = group_of.get(j, (None, None))
       layouts[i] = (tuple(requests[i].shape), len(outputs) - 1,
                     slice(int(starts[j]), int(starts[j + 1])), group, rows)
-  concrete = not any(isinstance(x, jax.core.Tracer) for x in [gain, *outputs, *masks])
+  concrete = not any(isinstance(x, jax.core.Tracer) for x in [*outputs, *masks])
   xp = np if concrete else jnp
   if concrete:  # lay out on the host: nothing more to compile
     outputs, masks = [np.asarray(x) for x in outputs], [np.asarray(x) for x in masks]
   results = []
   for request, (shape, call, positions, group, rows) in zip(kernel_requests, layouts):
     kernels, kernel_masks = _lay_out(
-        xp, outputs[call], positions, None if group is None else masks[group], rows, gain,
-        shape, jnp.dtype(dtype), bool(structured) and len(shape) > 2)
+        xp, outputs[call], positions, None if group is None else masks[group], rows, shape,
+        jnp.dtype(dtype), bool(structured) and len(shape) > 2)
     kind = request.resolved_kind()
     if kinds.canonical(kind, request.shape[request.layer_axes:]) and (
         kind.batch_axes == tuple(range(request.layer_axes))):

@@ -73,6 +73,24 @@ def test_gain_scales_the_gram_matrix(gain):
   assert np.abs(w @ w.T - gain**2 * np.eye(64)).max() <= 2e-5 * gain**2
 
 
+@pytest.mark.parametrize("rounds", [False, True])
+def test_gain_scales_the_start_as_it_would_the_result(rounds):
+  # The generator starts from gain * [I | 0]: the rotations are linear, so
+  # kernels equal gain times the unit-gain kernels within a rounding per
+  # rotation, with the same masks, for concrete and traced gains.
+  from eoi_jax import kernels
+  key = jax.random.key(5)
+  requests = [kernels.KernelRequest((96, 64), key[None], np.array([0.2])),
+              kernels.KernelRequest((3, 3, 16, 32), jax.random.split(key, 1), np.array([0.3]))]
+  unit = kernels.generate(requests, rounds=rounds)
+  traced = jax.jit(lambda g: kernels.generate(requests, gain=g, rounds=rounds))
+  for gain in (1.0247, -2.0):
+    for scaled in (kernels.generate(requests, gain=gain, rounds=rounds), traced(gain)):
+      for (w, m), (w1, m1) in zip(scaled, unit):
+        np.testing.assert_array_equal(m, m1)
+        np.testing.assert_allclose(w, gain * np.asarray(w1), rtol=0, atol=abs(gain) * 1e-6)
+
+
 def test_float64(x64):
   weight, mask = eoi_jax.sparse_orthogonal(
       jax.random.key(3), (200, 120), 0.2, gain=1.5, dtype=jnp.float64

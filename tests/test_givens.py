@@ -160,6 +160,32 @@ def test_core_vmaps_over_traced_targets():
     np.testing.assert_allclose(results.matrix[i], single.matrix, atol=1e-6)
 
 
+def test_nested_vmap_runs_the_batch_loop_and_equals_single_calls():
+  # vmap of the loop becomes one loop over the merged batch (its batching
+  # rule), for nested vmaps, mixed batched and unbatched arguments, uint32
+  # keys, and under jit and eval_shape.
+  rows, cols = 24, 40
+  densities = np.array([0.1, 0.45])
+  target, undo = givens.integer_targets(densities, rows, cols)
+  steps = givens.max_rotations(rows, cols, densities.max())
+  for keys in (jax.random.split(jax.random.key(3), 6).reshape(3, 2),
+               jax.random.split(jax.random.PRNGKey(3), 6).reshape(3, 2, 2)):
+    core = lambda k, t, u: givens.givens_core(k, rows, cols, t, u, steps, rounds=False)
+    nested = jax.jit(jax.vmap(jax.vmap(core, in_axes=(0, 0, 0)), in_axes=(0, None, None)))
+    results = nested(keys, target, undo)
+    shapes = jax.eval_shape(nested, keys, target, undo)
+    assert shapes.matrix.shape == (3, 2, rows, cols) == results.matrix.shape
+    for i in range(3):
+      for j, d in enumerate(densities):
+        single = givens.givens_orthogonal(keys[i, j], rows, cols, float(d), rounds=False)
+        assert int(results.num_rotations[i, j]) == int(single.num_rotations)
+        assert int(results.nnz[i, j]) == int(single.nnz)
+        np.testing.assert_array_equal(results.matrix[i, j] != 0, single.matrix != 0)
+        # One batch step rotates with two multiply-adds, one matrix's with a
+        # 2x2 product: at most one float32 rounding apart per rotation.
+        np.testing.assert_allclose(results.matrix[i, j], single.matrix, rtol=0, atol=1e-6)
+
+
 def test_below_is_the_exact_multiply_high():
   words = np.random.default_rng(0).integers(0, 2**32, size=2000, dtype=np.uint64)
   words = np.concatenate([words, [0, 1, 2**32 - 1, 2**31]]).astype(np.uint64)
