@@ -20,7 +20,9 @@ def compile_timed(fn, *args):
 
 def alternating_times(calls, blocks: int = 5):
   """Times several calls side by side: each block runs every call once, in
-  turn, so the machine's drift hits them alike.
+  turn, so the machine's drift hits them alike; the order rotates from block
+  to block, so no call always follows the same one (a call right after a
+  memory-heavy one runs slower on a CPU).
 
   Args:
     calls: ``{name: (compiled, args)}``.
@@ -30,8 +32,10 @@ def alternating_times(calls, blocks: int = 5):
     ``{name: [seconds per block]}``.
   """
   times = {name: [] for name in calls}
-  for _ in range(blocks):
-    for name, (compiled, args) in calls.items():
+  names = list(calls)
+  for block in range(blocks):
+    for name in names[block % len(names):] + names[:block % len(names)]:
+      compiled, args = calls[name]
       start = time.perf_counter()
       jax.block_until_ready(compiled(*args))
       times[name].append(time.perf_counter() - start)

@@ -121,17 +121,18 @@ def _threefry2x32(k1, k2, x1, x2):
 
   JAX lowers its own hash on CPU to a rolled loop, which XLA compiles slowly
   when it sits inside another loop; this is the same function in plain
-  uint32 arithmetic, so every bit equals ``jax.random``'s.
+  uint32 arithmetic, so every bit equals ``jax.random``'s. On NumPy uint32
+  arrays it runs on the host (wrapping around, as uint32 arithmetic does).
   """
-  ks = (k1, k2, k1 ^ k2 ^ jnp.uint32(0x1BD11BDA))
+  ks = (k1, k2, k1 ^ k2 ^ np.uint32(0x1BD11BDA))
   x1, x2 = x1 + ks[0], x2 + ks[1]
   for block in range(5):
     for r in _ROTATIONS[block % 2]:
       x1 = x1 + x2
-      x2 = (x2 << jnp.uint32(r)) | (x2 >> jnp.uint32(32 - r))
+      x2 = (x2 << np.uint32(r)) | (x2 >> np.uint32(32 - r))
       x2 = x1 ^ x2
     x1 = x1 + ks[(block + 1) % 3]
-    x2 = x2 + ks[(block + 2) % 3] + jnp.uint32(block + 1)
+    x2 = x2 + ks[(block + 2) % 3] + np.uint32(block + 1)
   return x1, x2
 
 
@@ -184,18 +185,71 @@ def _split(key, num: int):
   return pairs
 
 
-split = jax.jit(_split, static_argnums=1)
-split.__doc__ = """``jax.random.split(key, num)``, bit for bit, in one quickly compiled program.
+_split_compiled = jax.jit(_split, static_argnums=1)
 
-JAX's own hash lowers on CPU to a rolled loop that takes XLA a few hundred
-milliseconds to compile for each new shape; this one compiles in tens.
-"""
+
+def _host_key_data(keys):
+  """The uint32 words of concrete threefry keys as a NumPy ``(..., 2)`` array,
+  or ``None`` for traced keys and keys :func:`_threefry2x32` does not reproduce."""
+  if isinstance(keys, jax.core.Tracer):
+    return None
+  data = _threefry_key(keys)
+  return None if data is None else np.asarray(data, np.uint32)
+
+
+def _host_split(data, num: int) -> np.ndarray:
+  """``split`` of each key of ``data`` (``(n, 2)`` words) on the host: ``(n, num, 2)``."""
+  counts = np.arange(num, dtype=np.uint32)[None, :]
+  with np.errstate(over="ignore"):
+    y1, y2 = _threefry2x32(data[:, :1], data[:, 1:], np.zeros_like(counts), counts)
+  return np.stack([y1, y2], axis=-1)
+
+
+def _keys_like(data: np.ndarray, like):
+  """Key words ``data`` as keys of ``like``'s kind (typed or raw uint32), on the device."""
+  if jnp.issubdtype(like.dtype, jax.dtypes.prng_key):
+    return jax.random.wrap_key_data(data, impl=jax.random.key_impl(like))
+  return jax.device_put(data)
+
+
+def split(key, num: int):
+  """``jax.random.split(key, num)``, bit for bit, without JAX's slow-compiling hash.
+
+  A concrete threefry key (JAX's default) is split on the host with NumPy:
+  nothing to compile. A traced one is split in a program that compiles in
+  tens of milliseconds (JAX's own hash lowers on CPU to a rolled loop that
+  takes XLA a few hundred for each new shape). Other keys go through
+  ``jax.random.split``.
+  """
+  data = _host_key_data(key)
+  if data is None:
+    return _split_compiled(key, num)
+  return _keys_like(_host_split(data.reshape(1, 2), num)[0], key)
+
+
+def split_into(key, num: int) -> tuple:
+  """``tuple(split(key, num))``: ``num`` separate keys (on the host for a
+  concrete key, so not even the unstacking compiles)."""
+  data = _host_key_data(key)
+  if data is None:
+    keys = _split_compiled(key, num)
+    return tuple(keys[i] for i in range(num))
+  return tuple(_keys_like(pair, key) for pair in _host_split(data.reshape(1, 2), num)[0])
 
 
 @functools.partial(jax.jit, static_argnums=2)
+def _split_each_compiled(keys, index, num: int):
+  split_keys = jax.vmap(lambda k: _split(k, num))(keys[index])
+  return split_keys.reshape((-1,) + split_keys.shape[2:])  # uint32 keys keep their (2,) words
+
+
 def split_each(keys, index, num: int):
-  """``split(keys[i], num)`` for each ``i`` of ``index``, concatenated (layer-major)."""
-  return jax.vmap(lambda k: _split(k, num))(keys[index]).reshape(-1)
+  """``split(keys[i], num)`` for each ``i`` of ``index``, concatenated
+  (layer-major); on the host for concrete keys, as :func:`split`."""
+  data = _host_key_data(keys)
+  if data is None:
+    return _split_each_compiled(keys, index, num)
+  return _keys_like(_host_split(data[np.asarray(index)], num).reshape(-1, 2), keys)
 
 
 def uniform(key, size: int):

@@ -186,6 +186,45 @@ def test_nested_vmap_runs_the_batch_loop_and_equals_single_calls():
         np.testing.assert_allclose(results.matrix[i, j], single.matrix, rtol=0, atol=1e-6)
 
 
+def _words(keys):
+  return np.asarray(jax.random.key_data(keys) if jnp.issubdtype(keys.dtype, jax.dtypes.prng_key)
+                    else keys)
+
+
+@pytest.mark.parametrize("make_key", [jax.random.key, jax.random.PRNGKey])
+def test_key_splits_equal_jax_random_on_the_host_and_traced(make_key):
+  # Concrete keys split on the host (nothing compiled), traced ones in a
+  # program; both bit for bit jax.random.split, for typed and uint32 keys.
+  compiled = []
+
+  def listener(event, duration, **kwargs):
+    if event == "/jax/core/compile/backend_compile_duration":
+      compiled.append(event)
+
+  key = make_key(7)
+  keys = jax.random.split(key, 5)
+  wants = {n: _words(jax.random.split(key, n)) for n in (1, 3, 1000)}
+  want_each = np.concatenate([_words(jax.random.split(keys[i], 4)) for i in (3, 0, 3)])
+  jax.monitoring.register_event_duration_secs_listener(listener)
+  try:
+    host = {n: givens.split(key, n) for n in wants}
+    host_into = givens.split_into(key, 3)
+    host_each = givens.split_each(keys, np.array([3, 0, 3]), 4)
+  finally:
+    jax.monitoring.unregister_event_duration_listener(listener)
+  assert compiled == []
+  host = {n: _words(k) for n, k in host.items()}
+  host_into = np.stack([_words(k) for k in host_into])
+  host_each = _words(host_each)
+  for n, want in wants.items():
+    np.testing.assert_array_equal(host[n], want)
+    np.testing.assert_array_equal(_words(jax.jit(lambda k, n=n: givens.split(k, n))(key)), want)
+  np.testing.assert_array_equal(host_into, wants[3])
+  np.testing.assert_array_equal(host_each, want_each)
+  traced_each = jax.jit(lambda k: givens.split_each(k, np.array([3, 0, 3]), 4))(keys)
+  np.testing.assert_array_equal(_words(traced_each), want_each)
+
+
 def test_below_is_the_exact_multiply_high():
   words = np.random.default_rng(0).integers(0, 2**32, size=2000, dtype=np.uint64)
   words = np.concatenate([words, [0, 1, 2**32 - 1, 2**31]]).astype(np.uint64)

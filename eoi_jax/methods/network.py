@@ -10,7 +10,6 @@ Example:
 
 from __future__ import annotations
 
-import functools
 from collections import defaultdict
 from typing import Callable, NamedTuple
 
@@ -48,12 +47,11 @@ def _bias_name(kernel_name: str) -> str:
   return f"{head}/bias" if head else "bias"
 
 
-@functools.partial(jax.jit, static_argnums=1)
 def _network_keys(key, num_kernels: int):
   """``(kernel keys, bias key)``: ``kernel_key, bias_key = split(key)``, then
   kernel ``i`` in flattening order gets ``fold_in(kernel_key, i)``
-  (``= split(kernel_key, n)[i]``)."""
-  kernel_key, bias_key = givens.split(key, 2)
+  (``= split(kernel_key, n)[i]``); on the host for a concrete key."""
+  kernel_key, bias_key = givens.split_into(key, 2)
   return givens.split(kernel_key, num_kernels), bias_key
 
 

@@ -50,10 +50,9 @@ from eoi_jax.methods.network import SparseInit
 _EMPTY_LAYER_DENSITY = 1e-12  # asks EOI for its sparsest pattern
 
 
-@jax.jit
 def _three_keys(key):
-  """``jax.random.split(key, 3)`` as three arrays, in one program."""
-  return tuple(givens.split(key, 3))
+  """``jax.random.split(key, 3)`` as three keys (on the host for a concrete key)."""
+  return givens.split_into(key, 3)
 
 
 class Request(NamedTuple):
