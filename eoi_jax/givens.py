@@ -649,11 +649,8 @@ def _grow_supports(support, first, second):
   """ORs the bit-packed supports of rows ``first[b]`` and ``second[b]`` of the
   flattened ``(B * C, words)`` supports; returns them and each pair's growth."""
   if first.shape[0] == 1:
-    pair = jnp.stack([first[0], second[0]])
-    old = lax.optimization_barrier(_read_pair(support, pair))
-    grown = jnp.sum(lax.population_count(old[0] ^ old[1]), dtype=jnp.int32)[None]
-    union = (old[0] | old[1])[None]
-    return _write_pair(support, pair, jnp.concatenate([union, union])), grown
+    support, grown = _support_step(support, jnp.stack([first[0], second[0]]))
+    return support, grown[None]
   a, b = lax.optimization_barrier((support[first], support[second]))
   grown = jnp.sum(lax.population_count(a ^ b), axis=1, dtype=jnp.int32)
   union = a | b
