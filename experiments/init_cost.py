@@ -100,44 +100,85 @@ def _write(path: Path, rows) -> None:
     writer.writerows(rows)
 
 
-def _figures(out: Path, rows, densities, law, n_law) -> None:
-  import matplotlib
+# The timed callables by column prefix: the registry method each one is (its
+# colour and marker in every figure) and its legend label.
+TIMED = {"eoi": ("eoi", "eoi (sparse_orthogonal)"), "sao": ("sao", "sao (sao_kernel)"),
+         "ai": ("uniform+ai", "uniform+ai")}
 
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
 
-  fig, axes = plt.subplots(1, len(densities), figsize=(4 * len(densities), 3.5), sharey=True,
-                           squeeze=False)
-  axes = axes[0]
+def timing_figure(rows, densities, *, name: str, ai_steps: int | None = None,
+                  device: str | None = None):
+  """The timing figure: a panel per density, wall time per matrix against ``n``
+  for EOI, SAO (where its degree exists) and AI; returns the matplotlib figure."""
+  from eoi_jax.training import plotting
+
+  if device is None:
+    first = jax.devices()[0]
+    device = first.platform + ("" if first.device_kind.lower() == first.platform
+                               else f" ({first.device_kind})")
+  fig, axes = plotting.figure(len(densities), f"{name}: wall time to build one n x n matrix "
+                              f"on {device}\n(jitted; median of 3 calls after the first, "
+                              "whose compilation is left out)", panel_size=(3.6, 3.2),
+                              sharey=True)
+  sizes = sorted({r["n"] for r in rows})
   for ax, d in zip(axes, densities):
     sub = [r for r in rows if r["density"] == d]
-    for method in ("eoi", "sao", "ai"):
-      points = [(r["n"], r[f"{method}_s"]) for r in sub if f"{method}_s" in r]
+    for prefix, (method, _) in TIMED.items():
+      style = plotting.method_style(method)
+      points = [(r["n"], 1e3 * r[f"{prefix}_s"]) for r in sub
+                if r.get(f"{prefix}_s") is not None]
       if points:
-        ax.plot(*zip(*points), marker="o", label=method.upper())
+        ax.plot(*zip(*points), color=style.colour, marker=style.marker,
+                markersize=9 if style.marker == "*" else 6)
+    missing = [r["n"] for r in sub if r.get("sao_s") is None]
+    note = "" if not missing else "\nno SAO: no degree gives it" + (
+        "" if len(missing) == len(sub) else f" at n = {', '.join(map(str, missing))}")
     ax.set_xscale("log", base=2)
-    ax.set_yscale("log")
-    ax.set_title(f"density {d}")
-    ax.set_xlabel("n (n x n matrix)")
-  axes[0].set_ylabel("seconds per matrix (compiled)")
-  axes[0].legend()
-  fig.tight_layout()
-  fig.savefig(out / "timing.png", dpi=120)
-  plt.close(fig)
+    ax.set_xticks(sizes, [str(n) for n in sizes])
+    ax.minorticks_off()
+    plotting.log_y(ax)
+    ax.set_title(f"requested density {d}{note}", fontsize=9)
+    ax.set_xlabel("n (matrix is n x n)")
+  axes[0].set_ylabel("wall time per matrix (ms)")
+  labels = {"ai": f"uniform+ai ({ai_steps} AI steps)" if ai_steps else "uniform+ai"}
+  styles = [plotting.method_style(method) for method, _ in TIMED.values()]
+  plotting.legend(fig, [plotting.handle(s.colour, s.marker) for s in styles],
+                  [labels.get(p, label) for p, (_, label) in TIMED.items()], title="method")
+  return fig
 
-  fig, ax = plt.subplots(figsize=(5, 3.5))
+
+def density_law_figure(law, n_law: int, *, name: str, keys: int | None = None):
+  """The density-law figure: EOI's exact expected density after ``t`` rotations
+  and the simulated mean ± std; returns the matplotlib figure."""
+  from matplotlib.patches import Patch
+
+  from eoi_jax.training import plotting
+
+  eoi = plotting.method_style("eoi").colour
+  fig, (ax,) = plotting.figure(1, f"{name}: density of a {n_law} x {n_law} EOI matrix after t "
+                               "Givens rotations", panel_size=(5.0, 3.4))
   t = [r["rotations"] for r in law]
   mean = np.array([r["simulated_mean"] for r in law])
   std = np.array([r["simulated_std"] for r in law])
-  ax.plot(t, [r["expected_density"] for r in law], label="exact expectation (row chain)")
-  ax.fill_between(t, mean - std, mean + std, alpha=0.3, label="simulated mean ± std")
-  ax.set_xlabel("rotations")
-  ax.set_ylabel("density")
-  ax.set_title(f"{n_law} x {n_law}")
-  ax.legend()
-  fig.tight_layout()
-  fig.savefig(out / "density_law.png", dpi=120)
-  plt.close(fig)
+  ax.fill_between(t, mean - std, mean + std, color=eoi, alpha=0.3, linewidth=0)
+  ax.plot(t, mean, color=eoi)
+  ax.plot(t, [r["expected_density"] for r in law], color="black", linestyle="--")
+  ax.set_xlabel("Givens rotations applied (t)")
+  ax.set_ylabel("density (fraction of non-zero entries)")
+  plotting.integer_ticks(ax.xaxis)
+  simulated = f"simulated mean ± std ({keys} keys)" if keys else "simulated mean ± std"
+  plotting.legend(fig, [plotting.handle("black", linestyle="--"),
+                        (Patch(color=eoi, alpha=0.3, linewidth=0), plotting.handle(eoi))],
+                  ["exact expectation (row chain)", simulated], title="method: eoi")
+  return fig
+
+
+def _figures(out: Path, rows, densities, law, n_law, *, ai_steps=None, keys=None) -> None:
+  from eoi_jax.training import plotting
+
+  plotting.save(timing_figure(rows, densities, name=out.name, ai_steps=ai_steps),
+                out / "timing.png")
+  plotting.save(density_law_figure(law, n_law, name=out.name, keys=keys), out / "density_law.png")
 
 
 def main(argv=None) -> int:
@@ -166,7 +207,8 @@ def main(argv=None) -> int:
   law = density_law(n_law, args.keys)
   _write(out / "density_law.csv", law)
   try:
-    _figures(out, rows, args.densities, law, n_law)
+    _figures(out, rows, args.densities, law, n_law, ai_steps=ai_steps,
+             keys=args.keys)
   except ImportError:
     print("init_cost: matplotlib is not installed; tables only", file=sys.stderr)
   _common.provenance(out, ["experiments.init_cost"] + list(sys.argv[1:] if argv is None

@@ -112,7 +112,7 @@ def test_sweep_expands_trains_skips_and_reports(tmp_path, capsys):
   for key in ("init", "density", "seed", "test_accuracy", "best_val_accuracy", "wall_time_s"):
     assert key in rows[0]
   table = (tmp_path / "sweep" / "table.md").read_text()
-  assert "density 0.1" in table and "init=eoi" in table and "(2)" in table
+  assert "density 0.1" in table and "| eoi |" in table and "(2)" in table
   # A second call trains nothing.
   mtimes = {c.run_dir: Path(c.run_dir, "summary.json").stat().st_mtime_ns for c in configs}
   sweep.run_sweep(base, grid, tmp_path / "sweep", figures=False)

@@ -1,38 +1,69 @@
 """Tables and figures from runs on disk: ``eoi-jax report RUN_OR_SWEEP_DIR``.
 
-:func:`collect` reads every run under a directory (a run directory, or a
-sweep's ``runs/``): its ``config.json``, ``summary.json`` and
-``metrics.jsonl``. :func:`write` then writes, next to them:
+:func:`collect` reads every run under a directory (a run directory, a sweep's
+``runs/``, or a results directory whose ``sweep.json`` names its sweep): its
+``config.json``, ``summary.json``, ``metrics.jsonl`` and ``sparsity.json``.
+:func:`write` then writes, next to them:
 
-* ``results.csv``: one row per run: the config fields, the final test
-  accuracy, the best validation accuracy, the realised density at
-  initialisation (``init_density``; ``density`` is the requested one), the Jacobian singular-value statistics at initialisation
-  when recorded (``jacobian=true``), the wall time, and whether it diverged;
+* ``results.csv``: one row per run: the config fields (``density`` is the
+  requested density), the final test accuracy, the best validation accuracy,
+  ``realised_density`` (the initialisation's realised overall density,
+  ``summary.json``'s ``density``), the Jacobian singular-value statistics at
+  initialisation when recorded (``jacobian=true``), the wall time, and whether
+  it diverged;
 * ``table.md``: mean and standard deviation of the final test accuracy over
-  seeds per cell (rows: the varying fields other than seed and density;
-  columns: densities), the best sparse entry of each column in bold;
-* with matplotlib (the ``plots`` extra) PNG figures: test accuracy against
-  density per row, training-loss curves per cell, and the Jacobian's
-  singular-value mean and variance at initialisation against density.
+  seeds per cell: a column per requested density, a row per method (with its
+  options where they vary, :data:`METHOD_OPTIONS`) within each combination of
+  the other varying fields; beside each entry the cell's mean realised
+  density. The best sparse entry of each column (within each combination) is
+  bold, but never one whose realised density exceeds the column's requested
+  density by more than :data:`OVER_DENSITY` (10%, relative; marked †): it had
+  more weights than its column says;
+* with matplotlib (the ``plots`` extra) PNG figures, each titled with the
+  experiment (the directory's name), dataset, network and epochs, with one
+  legend right of the axes (one colour and marker per method, the same in
+  every figure of the project: :mod:`eoi_jax.training.plotting`):
+  ``accuracy_vs_density.png`` (final test accuracy against the cell's mean
+  realised density), ``loss_curves.png`` (training loss per epoch; colour:
+  method, line style: requested density) and ``jacobian_vs_density.png``
+  (the Jacobian's singular-value mean and variance at initialisation against
+  realised density); a panel per combination of the other varying fields.
 
 Everything is recomputed from the files, so a report can be regenerated at
-any time, also while a sweep runs.
+any time, also while a sweep runs, and into another directory:
+``python -m eoi_jax.training.report RUNS_OR_RESULTS_DIR --out DIR``.
 """
 
 from __future__ import annotations
 
+import argparse
 import csv
+import dataclasses
+import functools
 import io
 import json
 import math
+import sys
 import warnings
 from pathlib import Path
+from typing import Callable, NamedTuple
 
 # results.csv column: summary.json key
 METRICS = {"test_accuracy": "test_accuracy", "best_val_accuracy": "best_val_accuracy",
-           "init_density": "density", "train_loss": "train_loss",
+           "realised_density": "density", "train_loss": "train_loss",
            "wall_time_s": "wall_time_s", "epochs_done": "epochs_done"}
 JACOBIAN = ("jacobian_sv_mean", "jacobian_sv_var", "jacobian_sv_max", "jacobian_sv_min")
+
+OVER_DENSITY = 0.10
+"""A cell whose mean realised density exceeds its requested density by more
+than this fraction (relative) is never bold in ``table.md``."""
+
+METHOD_OPTIONS = ("allocator", "structured", "center_density", "sao_degree", "ai_steps")
+"""Config fields that refine a method: where they vary they are part of a
+series' name (``uniform+eoi (structured=True)``), not a panel of their own."""
+
+_NOT_COMPARED = ("run_dir", "quiet", "log_every")
+_CELL_FIELDS = ("init", "density", "seed")
 
 
 def _read_json(path: Path):
@@ -58,8 +89,13 @@ def _history(run: Path) -> list[dict]:
 
 def collect(directory) -> list[dict]:
   """Every finished run under ``directory`` as ``{"name", "config", "summary",
-  "history"}`` (sorted by name)."""
+  "history", "sparsity"}`` (sorted by name; ``sparsity``: ``sparsity.json`` or
+  ``None``); a results directory whose ``sweep.json`` names its sweep's
+  directory reads the runs there."""
   directory = Path(directory)
+  sweep = _read_json(directory / "sweep.json")
+  if isinstance(sweep, dict) and "sweep_dir" in sweep:  # a results directory: the sweep's runs
+    directory = directory / sweep["sweep_dir"]
   if not directory.exists():
     raise ValueError(f"report: {directory} does not exist")
   candidates = [directory] if (directory / "config.json").exists() else sorted(
@@ -71,7 +107,7 @@ def collect(directory) -> list[dict]:
       continue
     name = str(path.relative_to(directory)) if path != directory else path.name
     runs.append({"name": name.removeprefix("runs/"), "config": config, "summary": summary,
-                 "history": _history(path)})
+                 "history": _history(path), "sparsity": _read_json(path / "sparsity.json")})
   return runs
 
 
@@ -79,12 +115,13 @@ def varying_fields(runs) -> list[str]:
   """Config fields whose values differ between runs (``run_dir`` aside)."""
   if not runs:
     return []
-  keys = [k for k in runs[0]["config"] if k not in ("run_dir", "quiet", "log_every")]
+  keys = [k for k in runs[0]["config"] if k not in _NOT_COMPARED]
   return [k for k in keys if len({json.dumps(r["config"].get(k)) for r in runs}) > 1]
 
 
 def rows(runs) -> list[dict]:
-  """The ``results.csv`` rows."""
+  """The ``results.csv`` rows (``density``: requested; ``realised_density``:
+  the initialisation's)."""
   out = []
   for r in runs:
     row = {"run": r["name"]}
@@ -100,8 +137,52 @@ def rows(runs) -> list[dict]:
   return out
 
 
+# ----------------------------------------------------------------------------
+# Cells: runs that differ only in their seed.
+
+
+class Cell(NamedTuple):
+  """Where a run belongs in the table and the figures."""
+
+  panel: tuple  # ((field, value), ...): the other varying fields
+  series: tuple  # (method, ((option, value), ...)): the method and its varying options
+  density: float  # requested
+
+
+class Stats(NamedTuple):
+  """A cell's value over its seeds and its realised density."""
+
+  mean: float | None
+  std: float | None
+  n: int
+  realised: float | None  # mean realised density of the cell's runs
+
+
+class Grouping(NamedTuple):
+  panels: tuple[str, ...]  # fields whose value combinations make panels (table sections)
+  options: tuple[str, ...]  # METHOD_OPTIONS that vary
+
+
+def grouping(runs) -> Grouping:
+  """Which varying fields make panels and which name a method's variant."""
+  varying = [f for f in varying_fields(runs) if f not in _CELL_FIELDS]
+  return Grouping(tuple(f for f in varying if f not in METHOD_OPTIONS),
+                  tuple(f for f in varying if f in METHOD_OPTIONS))
+
+
+def cell_of(run: dict, groups: Grouping) -> Cell:
+  config = run["config"]
+  return Cell(tuple((f, config.get(f)) for f in groups.panels),
+              (config.get("init"), tuple((f, config.get(f)) for f in groups.options)),
+              config.get("density"))
+
+
+def _finite(value) -> float | None:
+  return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None
+
+
 def _mean_std(values):
-  values = [v for v in values if v is not None and math.isfinite(v)]
+  values = [v for v in map(_finite, values) if v is not None]
   if not values:
     return None, None, 0
   mean = sum(values) / len(values)
@@ -110,45 +191,154 @@ def _mean_std(values):
   return mean, std, len(values)
 
 
-def _cells(runs, metric="test_accuracy"):
-  """``(row labels, densities, {(row, density): (mean, std, n)})``."""
-  fields = [f for f in varying_fields(runs) if f not in ("seed", "density")]
-  groups: dict = {}
+@functools.cache
+def _method_rank() -> dict:
+  from eoi_jax.methods.registry import METHODS
+
+  return {name: i for i, name in enumerate(METHODS)}
+
+
+def _series_key(series) -> tuple:
+  return (_method_rank().get(series[0], len(_method_rank())), json.dumps(series, default=str))
+
+
+def cells(runs, value: str | Callable = "test_accuracy") -> dict[Cell, Stats]:
+  """Every cell's :class:`Stats` of ``value`` (a ``summary.json`` key, or a
+  function of a run), ordered by panel (first seen), method (the registry's
+  order) and requested density."""
+  groups = grouping(runs)
+  get = value if callable(value) else (lambda run: run["summary"].get(value))
+  members: dict = {}
   for r in runs:
-    label = ", ".join(f"{f}={r['config'].get(f)}" for f in fields) or "all runs"
-    density = r["config"].get("density")
-    groups.setdefault((label, density), []).append(r["summary"].get(metric))
-  labels = list(dict.fromkeys(k[0] for k in groups))
-  densities = sorted({k[1] for k in groups}, key=lambda d: (d is None, d))
-  return labels, densities, {k: _mean_std(v) for k, v in groups.items()}
+    members.setdefault(cell_of(r, groups), []).append(r)
+  panels = list(dict.fromkeys(c.panel for c in members))
+  order = sorted(members, key=lambda c: (panels.index(c.panel), _series_key(c.series),
+                                         c.density is None, c.density))
+  out = {}
+  for c in order:
+    mean, std, n = _mean_std(get(r) for r in members[c])
+    realised = _mean_std(r["summary"].get("density") for r in members[c])[0]
+    out[c] = Stats(mean, std, n, realised)
+  return out
 
 
-def _is_sparse(label: str, density) -> bool:
-  return density is not None and density < 1 and "init=dense" not in label
+@functools.cache
+def _config_defaults() -> dict:
+  from eoi_jax.training.config import Config
+
+  return {f.name: f.default for f in dataclasses.fields(Config)}
 
 
-def table(runs, metric="test_accuracy") -> str:
-  """The Markdown table of ``metric`` (mean ± std over seeds, n)."""
-  labels, densities, cells = _cells(runs, metric)
-  best = {}
-  for d in densities:
-    candidates = [(cells[(l, d)][0], l) for l in labels
-                  if (l, d) in cells and cells[(l, d)][0] is not None and _is_sparse(l, d)]
-    if candidates:
-      best[d] = max(candidates)[1]
-  seeds = sorted({r["config"].get("seed") for r in runs})
+def series_label(series) -> str:
+  """``method`` or ``method (option=value, ...)`` for its options that are not
+  the config's defaults."""
+  method, options = series
+  extra = [f"{k}={v}" for k, v in options if v != _config_defaults().get(k, object())]
+  return f"{method} ({', '.join(extra)})" if extra else str(method)
+
+
+def panel_label(panel) -> str:
+  return ", ".join(f"{k}={v}" for k, v in panel)
+
+
+def over_density(stats: Stats, density) -> bool:
+  """Whether the cell's mean realised density exceeds its requested
+  ``density`` by more than :data:`OVER_DENSITY` (relative)."""
+  return (stats.realised is not None and density is not None
+          and stats.realised > density * (1 + OVER_DENSITY))
+
+
+def _bold_cells(table_cells: dict[Cell, Stats]) -> set[Cell]:
+  """The best sparse cells of each (panel, requested density) whose realised
+  density is known and within :data:`OVER_DENSITY` of the requested one."""
+  eligible = {c: s.mean for c, s in table_cells.items()
+              if c.series[0] != "dense" and c.density is not None and c.density < 1
+              and s.mean is not None and s.realised is not None
+              and not over_density(s, c.density)}
+  best: dict = {}
+  for c, mean in eligible.items():
+    best[(c.panel, c.density)] = max(mean, best.get((c.panel, c.density), -math.inf))
+  return {c for c, mean in eligible.items() if mean == best[(c.panel, c.density)]}
+
+
+def _values(runs, field: str) -> list:
+  return list(dict.fromkeys(r["config"].get(field) for r in runs))
+
+
+def describe(runs, name: str | None = None) -> str:
+  """One line saying what the runs are: ``name: dataset, network, epochs``.
+
+  Example:
+    >>> describe(runs, "mlp_1000-quick")
+    'mlp_1000-quick: mnist (first 2560 examples), mlp, depth 1000, width 128, tanh, 2 epochs'
+  """
+  datasets = "/".join(str(v) for v in _values(runs, "dataset"))
+  limits = [v for v in _values(runs, "limit") if v is not None]
+  if limits:
+    datasets += f" (first {'/'.join(map(str, limits))} examples)"
+  network = ["/".join(str(v) for v in _values(runs, "model"))]
+  for field in ("depth", "width"):
+    values = _values(runs, field)
+    if values != [None]:
+      network.append(f"{field} {'/'.join(str(v) for v in values)}")
+  activations = _values(runs, "activation")
+  if len(activations) == 1:
+    network.append(activations[0] or "its default activation")
+  sizes = [r["sparsity"]["total"]["size"] for r in runs
+           if isinstance(r.get("sparsity"), dict) and "total" in r["sparsity"]]
+  if sizes:
+    network.append(f"{sizes[0]:,} maskable weights")
+  epochs = sorted(v for v in _values(runs, "epochs") if v is not None)
+  epoch_text = (f"{epochs[0]}" if len(epochs) == 1 else f"{epochs[0]}-{epochs[-1]}") \
+      if epochs else "?"
+  return f"{name + ': ' if name else ''}{datasets}, {', '.join(network)}, {epoch_text} epochs"
+
+
+def _format(stats: Stats, density, bold: bool) -> str:
+  if stats.mean is None:
+    return ""
+  text = f"{stats.mean:.4f} ± {stats.std:.4f} ({stats.n})"
+  text = f"**{text}**" if bold else text
+  if stats.realised is not None:
+    text += f"; realised {stats.realised:.4f}" + (" †" if over_density(stats, density) else "")
+  return text
+
+
+def table(runs, metric: str = "test_accuracy", *, name: str | None = None,
+          dropped: int = 0) -> str:
+  """The Markdown table of ``metric`` (module docstring).
+
+  Args:
+    runs: as :func:`collect` returns them.
+    metric: a ``summary.json`` key.
+    name: the experiment's name, for the caption.
+    dropped: runs of the grid dropped before training (they cannot be built).
+  """
+  table_cells = cells(runs, metric)
+  bold = _bold_cells(table_cells)
+  groups = grouping(runs)
+  densities = sorted({c.density for c in table_cells}, key=lambda d: (d is None, d))
+  seeds = sorted({r["config"].get("seed") for r in runs}, key=str)
   datasets = ", ".join(sorted({str(r["config"].get("dataset")) for r in runs}))
-  lines = [f"Final {metric.replace('_', ' ')} on {datasets}: mean ± standard deviation over "
-           f"seeds {seeds} (n runs); **bold**: the best sparse entry of each column.", "",
-           "| | " + " | ".join(f"density {d}" for d in densities) + " |",
-           "|---|" + "---|" * len(densities)]
-  for label in labels:
-    entries = []
-    for d in densities:
-      mean, std, n = cells.get((label, d), (None, None, 0))
-      text = "" if mean is None else f"{mean:.4f} ± {std:.4f} ({n})"
-      entries.append(f"**{text}**" if best.get(d) == label and text else text)
-    lines.append(f"| {label} | " + " | ".join(entries) + " |")
+  within = f" within each {', '.join(groups.panels)}" if groups.panels else ""
+  caption = (f"Final {metric.replace('_', ' ')} on {datasets} ({describe(runs, name)}): mean ± "
+             f"standard deviation over seeds {seeds} (n runs), one column per requested "
+             "density; *realised*: the cell's mean realised density at initialisation. "
+             f"**Bold**: the best sparse entry of each column{within}. An entry whose realised "
+             f"density exceeds its column's requested density by more than "
+             f"{OVER_DENSITY:.0%} (marked †) is never bold: it trained with more weights than "
+             "its column says.")
+  if dropped:
+    caption += (f" {dropped} runs of the grid were dropped before training: they cannot be "
+                "built (reasons in sweep.json).")
+  header = [*groups.panels, "method", *(f"requested density {d}" for d in densities)]
+  lines = [caption, "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+  row_keys = list(dict.fromkeys((c.panel, c.series) for c in table_cells))
+  for panel, series in row_keys:
+    entries = [_format(table_cells[Cell(panel, series, d)], d, Cell(panel, series, d) in bold)
+               if Cell(panel, series, d) in table_cells else "" for d in densities]
+    lines.append("| " + " | ".join([*(str(v) for _, v in panel), series_label(series),
+                                    *entries]) + " |")
   return "\n".join(lines) + "\n"
 
 
@@ -163,85 +353,194 @@ def _write_csv(path: Path, table_rows) -> None:
   tmp.replace(path)
 
 
-def _save(fig, ax, xlabel: str, ylabel: str, path: Path) -> Path:
-  """Labels ``ax``, adds its legend, writes ``fig`` to ``path`` and closes it."""
-  import matplotlib.pyplot as plt
-
-  ax.set_xlabel(xlabel)
-  ax.set_ylabel(ylabel)
-  ax.legend(fontsize=6)
-  fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
-  return path
+# ----------------------------------------------------------------------------
+# Figures.
 
 
-def draw_figures(runs, directory: Path) -> list[Path]:
-  """PNG figures (needs matplotlib); returns the paths written."""
-  import matplotlib
+def _series_in_order(cell_keys) -> list:
+  """The series of ``cell_keys`` in the registry's order of their methods."""
+  return sorted(dict.fromkeys(c.series for c in cell_keys), key=_series_key)
 
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
 
-  written = []
-  labels, densities, cells = _cells(runs)
-  if len(densities) > 1:
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for label in labels:
-      points = [(d, *cells[(label, d)][:2]) for d in densities
-                if (label, d) in cells and cells[(label, d)][0] is not None]
+def _series_looks(series_list) -> dict:
+  """``{series: plot keywords}``: the method's colour and marker; a method's
+  further option sets get other marker fills."""
+  from eoi_jax.training import plotting
+
+  looks, seen = {}, {}
+  for series in series_list:
+    style = plotting.method_style(series[0])
+    variant = seen.setdefault(series[0], [])
+    looks[series] = dict(color=style.colour, marker=style.marker,
+                         fillstyle=plotting.fill(len(variant)),
+                         markersize=9 if style.marker == "*" else 6)
+    variant.append(series)
+  return looks
+
+
+def _handles(looks: dict, labels: dict):
+  from eoi_jax.training import plotting
+
+  handles = [plotting.handle(look["color"], look["marker"], fillstyle=look["fillstyle"])
+             for look in looks.values()]
+  return handles, [labels.get(s, series_label(s)) for s in looks]
+
+
+def _log_if_spread(plotting, ax, values) -> None:
+  values = [v for v in values if v is not None]
+  if values and min(values) > 0 and max(values) / min(values) >= 10:
+    plotting.log_y(ax)
+
+
+def _accuracy_figure(plotting, acc, title, densities, seeds):
+  panels = list(dict.fromkeys(c.panel for c in acc))
+  series = _series_in_order(acc)
+  looks = _series_looks(series)
+  fig, axes = plotting.figure(len(panels), f"{title}\nfinal test accuracy (mean ± std over "
+                              f"{seeds} seeds) against realised density", sharey=True)
+  drawn = {}
+  for ax, panel in zip(axes, panels):
+    for s in series:
+      points = sorted((st.realised, st.mean, st.std) for c, st in acc.items()
+                      if c.panel == panel and c.series == s and st.mean is not None
+                      and st.realised is not None)
       if points:
-        ax.errorbar([p[0] for p in points], [p[1] for p in points], [p[2] for p in points],
-                    marker="o", capsize=3, label=label)
-    ax.set_xscale("log")
-    written.append(_save(fig, ax, "density", "final test accuracy",
-                         directory / "accuracy_vs_density.png"))
+        x, y, err = zip(*points)
+        ax.errorbar(x, y, err, capsize=3, label=series_label(s), **looks[s])
+        drawn[s] = looks[s]
+    plotting.density_axis(ax, densities)
+    ax.set_ylabel("final test accuracy")
+    ax.set_title(panel_label(panel), fontsize=9)
+  plotting.legend(fig, *_handles(drawn, {}), title="method")
+  return fig
 
-  fields = [f for f in varying_fields(runs) if f != "seed"]
+
+def _loss_figure(plotting, runs, acc, title, seeds):
+  groups = grouping(runs)
   curves: dict = {}
   for r in runs:
-    label = ", ".join(f"{f}={r['config'].get(f)}" for f in fields) or "all runs"
     for record in r["history"]:
-      curves.setdefault(label, {}).setdefault(record["epoch"], []).append(record["train_loss"])
-  if curves:
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for label, by_epoch in curves.items():
-      epochs = sorted(by_epoch)
-      ax.plot([e + 1 for e in epochs], [sum(by_epoch[e]) / len(by_epoch[e]) for e in epochs],
-              label=label)
-    ax.set_yscale("log")
-    written.append(_save(fig, ax, "epoch", "training loss (mean over seeds)",
-                         directory / "loss_curves.png"))
+      loss = _finite(record.get("train_loss"))
+      if loss is not None and "epoch" in record:
+        curves.setdefault(cell_of(r, groups), {}).setdefault(record["epoch"], []).append(loss)
+  if not curves:
+    return None
+  ordered = [c for c in acc if c in curves] + [c for c in curves if c not in acc]
+  panels = list(dict.fromkeys(c.panel for c in ordered))
+  looks = _series_looks(_series_in_order(ordered))
+  styles = plotting.linestyles(sorted({c.density for c in ordered}))
+  fig, axes = plotting.figure(len(panels), f"{title}\ntraining loss per epoch (mean over "
+                              f"{seeds} seeds); colour: method, line style: requested density")
+  for ax, panel in zip(axes, panels):
+    for c in ordered:
+      if c.panel != panel:
+        continue
+      epochs = sorted(curves[c])
+      ax.plot([e + 1 for e in epochs], [sum(curves[c][e]) / len(curves[c][e]) for e in epochs],
+              linestyle=styles[c.density], markevery=max(1, len(epochs) // 8),
+              label=f"{series_label(c.series)}, density {c.density}", **looks[c.series])
+    plotting.log_y(ax)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("training loss (cross-entropy, log scale)")
+    plotting.integer_ticks(ax.xaxis)
+    ax.set_title(panel_label(panel), fontsize=9)
+  # A method's realised density, where it is far from the one its line style names.
+  notes = {}
+  for c, st in acc.items():
+    if over_density(st, c.density):
+      notes.setdefault(c.series, {})[f"{st.realised:.2g} at {c.density}"] = None
+  labels = {s: f"{series_label(s)} (realised {', '.join(n)})" for s, n in notes.items()}
+  handles, texts = _handles(looks, labels)
+  handles += [plotting.handle("black", None, linestyle=styles[d]) for d in styles]
+  texts += [f"requested density {d}" for d in styles]
+  plotting.legend(fig, handles, texts, title="method; requested density")
+  return fig
 
+
+def _jacobian_figure(plotting, runs, title, densities, seeds):
   jacobian = [r for r in runs if r["history"] and "jacobian_sv_mean" in r["history"][0]]
-  if jacobian and len(densities) > 1:
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
-    for ax, key, name in ((axes[0], "jacobian_sv_mean", "mean"),
-                          (axes[1], "jacobian_sv_var", "variance")):
-      by_label: dict = {}
-      for r in jacobian:
-        label = ", ".join(f"{f}={r['config'].get(f)}" for f in fields if f != "density")
-        by_label.setdefault(label or "all runs", {}).setdefault(
-            r["config"]["density"], []).append(r["history"][0][key])
-      for label, by_density in by_label.items():
-        ds = sorted(by_density)
-        ax.plot(ds, [sum(by_density[d]) / len(by_density[d]) for d in ds], marker="o",
-                label=label)
-      ax.set_xscale("log")
-      ax.set_xlabel("density")
-      ax.set_ylabel(f"Jacobian singular value {name} at init")
-    axes[0].legend(fontsize=6)
-    fig.tight_layout()
-    written.append(directory / "jacobian_vs_density.png")
-    fig.savefig(written[-1], dpi=120)
-    plt.close(fig)
+  if not jacobian:
+    return None
+  stats = {key: cells(jacobian, lambda r, key=key: r["history"][0].get(key))
+           for key in ("jacobian_sv_mean", "jacobian_sv_var")}
+  panels = list(dict.fromkeys(c.panel for c in stats["jacobian_sv_mean"]))
+  series = _series_in_order(stats["jacobian_sv_mean"])
+  looks = _series_looks(series)
+  fig, axes = plotting.figure(2 * len(panels), f"{title}\ninput-output Jacobian's singular "
+                              f"values at initialisation (mean over {seeds} seeds) against "
+                              "realised density", columns=2)
+  for i, panel in enumerate(panels):
+    for ax, key, name in ((axes[2 * i], "jacobian_sv_mean", "mean singular value"),
+                          (axes[2 * i + 1], "jacobian_sv_var", "variance of the singular values")):
+      values = []
+      for s in series:
+        points = sorted((st.realised, st.mean) for c, st in stats[key].items()
+                        if c.panel == panel and c.series == s and st.mean is not None
+                        and st.realised is not None)
+        if points:
+          ax.plot(*zip(*points), **looks[s])
+          values += [p[1] for p in points]
+      _log_if_spread(plotting, ax, values)
+      plotting.density_axis(ax, densities)
+      ax.set_ylabel(f"{name} at init")
+      ax.set_title(panel_label(panel), fontsize=9)
+  plotting.legend(fig, *_handles(looks, {}), title="method")
+  return fig
+
+
+def figures(runs, name: str | None = None) -> dict:
+  """The report's figures as matplotlib figures (needs matplotlib), not yet
+  saved: ``{file name: Figure}``. Accuracy and Jacobian figures need more than
+  one requested density.
+
+  Example:
+    >>> figs = figures(collect("runs/experiments/mlp_density-quick"), "mlp_density-quick")
+    >>> figs["loss_curves.png"].axes[0].get_xlabel()
+    'epoch'
+  """
+  from eoi_jax.training import plotting
+
+  title = describe(runs, name)
+  acc = cells(runs)
+  densities = sorted({c.density for c in acc if c.density is not None})
+  seeds = len({r["config"].get("seed") for r in runs})
+  out = {}
+  if len(densities) > 1:
+    out["accuracy_vs_density.png"] = _accuracy_figure(plotting, acc, title, densities, seeds)
+  loss = _loss_figure(plotting, runs, acc, title, seeds)
+  if loss is not None:
+    out["loss_curves.png"] = loss
+  if len(densities) > 1:
+    jacobian = _jacobian_figure(plotting, runs, title, densities, seeds)
+    if jacobian is not None:
+      out["jacobian_vs_density.png"] = jacobian
+  return out
+
+
+def draw_figures(runs, directory: Path, name: str | None = None) -> list[Path]:
+  """Writes the PNG figures of :func:`figures` into ``directory``; returns
+  their paths."""
+  from eoi_jax.training import plotting
+
+  written = []
+  for file_name, fig in figures(runs, name).items():
+    path = Path(directory) / file_name
+    plotting.save(fig, path)
+    written.append(path)
   return written
 
 
-def write(directory, *, figures: bool = True, out=None) -> Path:
+def write(directory, *, figures: bool = True, out=None, name: str | None = None) -> Path:
   """Writes ``results.csv`` and ``table.md`` (and the figures) for the runs
   under ``directory`` into ``out`` (default ``directory``); returns the path
   of ``results.csv``.
+
+  Args:
+    directory: a run, sweep or results directory (:func:`collect`).
+    figures: draw the PNG figures too (needs matplotlib; warns without it).
+    out: where to write (default ``directory``).
+    name: the experiment's name in titles and captions (default the name of
+      ``directory``).
 
   Raises:
     ValueError: ``directory`` does not exist or holds no finished run.
@@ -251,15 +550,42 @@ def write(directory, *, figures: bool = True, out=None) -> Path:
   if not runs:
     raise ValueError(f"report: no finished runs (config.json and summary.json) under "
                      f"{directory}")
+  name = name or directory.resolve().name
   out = directory if out is None else Path(out)
   out.mkdir(parents=True, exist_ok=True)
   results = out / "results.csv"
   _write_csv(results, rows(runs))
-  (out / "table.md").write_text(table(runs))
+  sweep = _read_json(directory / "sweep.json")
+  dropped = len(sweep.get("dropped") or []) if isinstance(sweep, dict) else 0
+  (out / "table.md").write_text(table(runs, name=name, dropped=dropped))
   if figures:
     try:
-      draw_figures(runs, out)
+      draw_figures(runs, out, name)
     except ImportError:
       warnings.warn("report: matplotlib is not installed, so no figures were drawn "
                     "(pip install 'eoi-jax[plots]')", RuntimeWarning, stacklevel=2)
   return results
+
+
+def main(argv=None) -> int:
+  """``python -m eoi_jax.training.report DIRECTORY [--out DIR] [--name NAME]
+  [--no-figures]``: rebuilds the tables and figures of finished runs."""
+  parser = argparse.ArgumentParser(prog="python -m eoi_jax.training.report",
+                                   description="Tables and figures from finished runs.")
+  parser.add_argument("directory", help="a run, sweep or results directory")
+  parser.add_argument("--out", help="where to write (default: DIRECTORY)")
+  parser.add_argument("--name", help="the experiment's name in titles (default: DIRECTORY's)")
+  parser.add_argument("--no-figures", action="store_true", help="tables only")
+  args = parser.parse_args(argv)
+  try:
+    results = write(args.directory, figures=not args.no_figures, out=args.out, name=args.name)
+  except ValueError as e:
+    print(f"report: error: {e}", file=sys.stderr)
+    return 2
+  print(f"results: {results}")
+  print((results.parent / "table.md").read_text(), end="")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
