@@ -173,12 +173,52 @@ def density_law_figure(law, n_law: int, *, name: str, keys: int | None = None):
   return fig
 
 
-def _figures(out: Path, rows, densities, law, n_law, *, ai_steps=None, keys=None) -> None:
+def _figures(out: Path, rows, densities, law, n_law, *, ai_steps=None, keys=None,
+             device=None) -> None:
   from eoi_jax.training import plotting
 
-  plotting.save(timing_figure(rows, densities, name=out.name, ai_steps=ai_steps),
+  plotting.save(timing_figure(rows, densities, name=out.name, ai_steps=ai_steps, device=device),
                 out / "timing.png")
   plotting.save(density_law_figure(law, n_law, name=out.name, keys=keys), out / "density_law.png")
+
+
+def redraw(out, *, ai_steps: int | None = None, keys: int | None = None) -> None:
+  """Draws ``timing.png`` and ``density_law.png`` again from the ``timing.csv``
+  and ``density_law.csv`` in ``out`` (nothing is measured again).
+
+  Args:
+    out: a results directory of this experiment.
+    ai_steps, keys: the run's ``--ai-steps`` and ``--keys``, for the legends.
+
+  Example:
+    >>> redraw("experiments/results/init_cost-quick", ai_steps=100, keys=32)
+  """
+  out = Path(out)
+
+  def read(name):
+    with (out / name).open() as f:
+      return [{k: None if v == "" else (int(v) if k in ("n", "rotations") else float(v))
+               for k, v in row.items()} for row in csv.DictReader(f)]
+
+  rows, law = read("timing.csv"), read("density_law.csv")
+  densities = list(dict.fromkeys(r["density"] for r in rows))
+  n_law = round(1 / law[0]["expected_density"])  # no rotation yet: the identity, density 1/n
+  _figures(out, rows, densities, law, n_law, ai_steps=ai_steps, keys=keys,
+           device=_measured_on(out))
+
+
+def _measured_on(out: Path) -> str:
+  """The device ``PROVENANCE.md`` in ``out`` names ("a device" without one)."""
+  try:
+    text = (out / "PROVENANCE.md").read_text()
+  except OSError:
+    return "a device"
+  for line in text.splitlines():
+    if line.startswith("- device: "):
+      platform, _, kind = line.removeprefix("- device: ").split(",")[0].partition(" (")
+      kind = kind.rstrip(")")
+      return platform if kind.lower() in ("", platform) else f"{platform} ({kind})"
+  return "a device"
 
 
 def main(argv=None) -> int:

@@ -204,7 +204,7 @@ def test_report_rebuilds_tables_and_figures_into_another_directory(tmp_path, cap
   assert "does not exist" in capsys.readouterr().err
 
 
-def test_init_cost_figures_share_the_method_colours_and_frame(tmp_path):
+def test_init_cost_figures_share_the_method_colours_and_frame(tmp_path, monkeypatch):
   pytest.importorskip("matplotlib")
   from eoi_jax.training import plotting
   from experiments import init_cost
@@ -232,6 +232,18 @@ def test_init_cost_figures_share_the_method_colours_and_frame(tmp_path):
   density_law.canvas.draw()
   assert all(float(t).is_integer() for t in density_law.axes[0].get_xticks())
   assert len(plotting.legends(density_law)) == 1
-  init_cost._figures(tmp_path, rows, [0.05, 0.5], law, 16, ai_steps=100, keys=4)
-  assert (tmp_path / "timing.png").stat().st_size > 0
-  assert (tmp_path / "density_law.png").stat().st_size > 0
+  # Redrawn from the CSVs alone.
+  init_cost._write(tmp_path / "timing.csv", rows)
+  init_cost._write(tmp_path / "density_law.csv", [dict(r, expected_density=1 / 16 + r["rotations"])
+                                                  for r in law])
+  (tmp_path / "PROVENANCE.md").write_text("- device: gpu (NVIDIA H200), 1 device(s)\n")
+  drawn = {}
+  for figure in ("density_law_figure", "timing_figure"):
+    monkeypatch.setattr(init_cost, figure, lambda *a, _draw=getattr(init_cost, figure),
+                        _key=figure, **kw: drawn.setdefault(_key, _draw(*a, **kw)))
+  init_cost.redraw(tmp_path, ai_steps=100, keys=4)
+  # n from the density at t = 0, the device where the times were measured
+  assert "16 x 16 EOI matrix" in drawn["density_law_figure"].get_suptitle()
+  assert "on gpu (NVIDIA H200)" in drawn["timing_figure"].get_suptitle()
+  assert (tmp_path / "timing.png").read_bytes()[:4] == b"\x89PNG"
+  assert (tmp_path / "density_law.png").read_bytes()[:4] == b"\x89PNG"
