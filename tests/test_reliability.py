@@ -68,27 +68,27 @@ RUN_ARGS = ["--config", "digits_smoke", "--epochs", "3", "--quiet", "true"]
 #   kill_at_batch N  SIGKILL when the Nth training batch is drawn (mid-epoch);
 #   kill_in_commit N SIGKILL while checkpoint N is being committed (its files
 #                    written, not yet renamed into place);
-#   kill_after_log N SIGKILL right after epoch N's line is logged;
+#   kill_after_log N SIGKILL right after epoch N's line is logged (before its
+#                    checkpoint is written);
 #   nan_from_step N  parameters become NaN from optimizer step N on;
 #   pause_in_lock F  once the run directory is locked, wait until file F exists.
 DRIVER = """
 import json, os, signal, sys, time
 fault, arg, argv = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
-from eoi_jax.training import cli, data, rundir, train
+from eoi_jax.training import cli, data, loop, rundir, train
 
 def die():
   os.kill(os.getpid(), signal.SIGKILL)
 
 if fault == "kill_at_batch":
-  epoch_fn, drawn = data.Loader.epoch, [0]
+  epoch_fn, drawn = loop.RunsLoader.epoch, [0]
   def epoch(self, *a, **k):
     for batch in epoch_fn(self, *a, **k):
-      if self.train:
-        drawn[0] += 1
-        if drawn[0] == int(arg):
-          die()
+      drawn[0] += 1
+      if drawn[0] == int(arg):
+        die()
       yield batch
-  data.Loader.epoch = epoch
+  loop.RunsLoader.epoch = epoch
 elif fault == "kill_in_commit":
   from orbax.checkpoint._src.path import atomicity
   finalize = atomicity.AtomicRenameTemporaryPath.finalize
@@ -221,10 +221,26 @@ def _damage(checkpoint: Path):
   victim.write_bytes(victim.read_bytes()[: victim.stat().st_size // 2])
 
 
+def test_kill_between_an_epochs_line_and_its_checkpoint_resumes_to_a_complete_record(
+    tmp_path, digits_dir, reference):
+  # An epoch's metrics line is on disk before its checkpoint: a kill between
+  # them (here at the last epoch) leaves a line without a checkpoint, which
+  # the rerun drops and recomputes from the checkpoint before it.
+  run_dir = tmp_path / "run"
+  code, _, _ = _train(run_dir, fault="kill_after_log", arg=2, data_dir=digits_dir)
+  assert code == -signal.SIGKILL and _epochs(run_dir) == [0, 1, 2]
+  assert sorted(p.name for p in (run_dir / "checkpoints").iterdir() if p.name.isdigit()) \
+      == ["0", "1"]
+  assert not (run_dir / "summary.json").exists()
+  code, _, err = _train(run_dir, data_dir=digits_dir)
+  assert code == 0, err[-2000:]
+  _assert_equal_to_reference(run_dir, reference)
+
+
 def test_damaged_latest_checkpoint_falls_back_to_the_previous(tmp_path, digits_dir, reference):
   run_dir = tmp_path / "run"
-  code, _, _ = _train(run_dir, fault="kill_after_log", arg=1, data_dir=digits_dir)
-  assert code == -signal.SIGKILL and _epochs(run_dir) == [0, 1]
+  code, _, _ = _train(run_dir, fault="kill_after_log", arg=2, data_dir=digits_dir)
+  assert code == -signal.SIGKILL and _epochs(run_dir) == [0, 1, 2]
   _damage(run_dir / "checkpoints" / "1")
   code, _, err = _train(run_dir, data_dir=digits_dir)
   assert code == 0, err[-2000:]
@@ -234,7 +250,7 @@ def test_damaged_latest_checkpoint_falls_back_to_the_previous(tmp_path, digits_d
 
 def test_no_intact_checkpoint_stops_until_asked_to_start_over(tmp_path, digits_dir, reference):
   run_dir = tmp_path / "run"
-  code, _, _ = _train(run_dir, fault="kill_after_log", arg=1, data_dir=digits_dir)
+  code, _, _ = _train(run_dir, fault="kill_after_log", arg=2, data_dir=digits_dir)
   assert code == -signal.SIGKILL
   for step in ("0", "1"):
     _damage(run_dir / "checkpoints" / step)
@@ -242,7 +258,7 @@ def test_no_intact_checkpoint_stops_until_asked_to_start_over(tmp_path, digits_d
   code, out, err = _train(run_dir, data_dir=digits_dir)
   assert code == 2 and "Traceback" not in err
   assert "no checkpoint in" in err and "--resume false" in err
-  assert sorted(p.name for p in run_dir.iterdir()) == before and _epochs(run_dir) == [0, 1]
+  assert sorted(p.name for p in run_dir.iterdir()) == before and _epochs(run_dir) == [0, 1, 2]
   code, _, err = _train(run_dir, "--resume", "false", data_dir=digits_dir)
   assert code == 0, err[-2000:]
   _assert_equal_to_reference(run_dir, reference)

@@ -43,7 +43,7 @@ class Progress:
     self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
     self._start_done, self._start = int(done), time.perf_counter()
     self._last_print = self._start
-    self._gap = min(0.5, interval) if self.tty else interval
+    self.gap = min(0.5, interval) if self.tty else interval
     self._shown = ""
 
   def line(self, done: int, **fields) -> str:
@@ -59,11 +59,12 @@ class Progress:
 
   def due(self) -> bool:
     """Whether :meth:`update` would print now (to fetch its fields only then)."""
-    return not self.quiet and time.perf_counter() - self._last_print >= self._gap
+    return not self.quiet and time.perf_counter() - self._last_print >= self.gap
 
-  def update(self, done: int, **fields) -> None:
-    """Shows progress if due: twice a second on a terminal, every ``interval`` s elsewhere."""
-    if not self.due():
+  def update(self, done: int, *, force: bool = False, **fields) -> None:
+    """Shows progress if due (twice a second on a terminal, every ``interval``
+    s elsewhere) or ``force`` (the caller keeps the time)."""
+    if self.quiet or not (force or self.due()):
       return
     self._last_print = time.perf_counter()
     text = self.line(done, **fields)

@@ -7,7 +7,8 @@ of one architecture share: graph definitions, optimizer, dataset constants)
 and a :class:`TrainState` (what changes, or differs between runs: step,
 params, batch statistics, optimizer state with the masks, augmentation key);
 :func:`train_and_evaluate` runs one experiment end to end and writes its run
-directory (:mod:`eoi_jax.training.rundir`).
+directory (:mod:`eoi_jax.training.rundir`): a stack of one run in the one
+epoch loop that also trains groups (:mod:`eoi_jax.training.loop`).
 
 The same code runs on one CPU, on several (simulated) devices, on GPUs/TPUs
 and across processes (``jax.distributed``): the batch is sharded over a
@@ -27,7 +28,6 @@ from __future__ import annotations
 import collections
 import dataclasses
 import functools
-import time
 from typing import Any, NamedTuple
 
 import jax
@@ -36,10 +36,9 @@ import numpy as np
 import optax
 
 from eoi_jax import methods, optim, summary as summary_lib
-from eoi_jax.training import data, diagnostics, models
-from eoi_jax.training.checkpoints import CheckpointStore, fingerprint
+from eoi_jax.training import data, models
+from eoi_jax.training.checkpoints import fingerprint
 from eoi_jax.training.config import Config
-from eoi_jax.training.progress import Progress
 from eoi_jax.training.rundir import RunDir
 
 # Steps dispatched ahead of the host. Each step waits for the metrics of the
@@ -94,12 +93,15 @@ class TrainResult(NamedTuple):
     state: the final :class:`TrainState`.
     sparsity: the initialisation's :class:`eoi_jax.SparsitySummary`.
     history: the per-epoch records of ``metrics.jsonl``.
+    diverged: ``None``, or where the loss became non-finite
+      (``{"epoch", "step", "loss", "last_good_epoch"}``).
   """
 
   summary: dict
   state: TrainState
   sparsity: summary_lib.SparsitySummary
   history: list
+  diverged: dict | None = None
 
 
 def make_mesh(num_devices: int | None = None) -> jax.sharding.Mesh:
@@ -270,16 +272,6 @@ def evaluate(step_fn, state: TrainState, loader: data.Loader, name: str, sums: d
           f"{name}_accuracy": float(totals["correct"]) / count}
 
 
-def _jacobian_stats(spec: StepSpec, state: TrainState, batch: data.Batch) -> dict:
-  """Singular-value statistics of the input-output Jacobians of 32 examples."""
-  from flax import nnx
-
-  model = nnx.merge(spec.eval_graph, state.params, state.other)
-  x = data.normalize(batch.images[:32], spec.info)
-  s = jax.jit(lambda x: diagnostics.jacobian_singular_values(model, x))(x)
-  return {f"jacobian_sv_{k}": float(v) for k, v in diagnostics.singular_value_stats(s).items()}
-
-
 # ----------------------------------------------------------------------------
 # The loop.
 
@@ -324,118 +316,19 @@ def train_and_evaluate(config: Config, *, dataset: data.Dataset | None = None,
       :class:`eoi_jax.training.checkpoints.NoGoodCheckpoint`.
     TrainingDiverged: the loss became NaN or infinite.
   """
-  is_main = jax.process_index() == 0
-  run = RunDir(config.run_dir)
-  if is_main:
-    check_run_dir(run, config)
-  if dataset is None:
-    dataset = load_dataset(config)
-  mesh = make_mesh(config.devices)
-  replicated = jax.sharding.NamedSharding(mesh, jax.P())
-  train_loader = data.Loader(dataset.train, config.batch_size, mesh, train=True,
-                             seed=config.seed)
-  eval_loaders = {name: data.Loader(split, config.batch_size, mesh, train=False)
-                  for name, split in (("val", dataset.val), ("test", dataset.test)) if len(split)}
-  first = next(iter(train_loader.epoch(0)))  # the pruning methods' scoring batch
-  spec, state, sparsity = create_train_state(
-      config, dataset.info, (data.normalize(first.images, dataset.info), first.labels),
-      train_loader.steps_per_epoch, replicated)
-  step_fn = jax.jit(functools.partial(train_step, spec), donate_argnums=(0,))
-  eval_fn = jax.jit(functools.partial(eval_step, spec))
-  zeros = jax.device_put(zero_metrics(), replicated)
+  from eoi_jax.training import loop
 
-  if is_main:
-    run.lock()
-  try:
-    store = CheckpointStore(run.path / "checkpoints") if config.checkpoint else None
-    try:
-      return _run_epochs(config, run, store, spec, state, sparsity, step_fn, eval_fn, zeros,
-                         train_loader, eval_loaders, mesh, is_main, stop_after_epoch)
-    finally:
-      if store is not None:
-        store.close()
-  finally:
-    run.unlock()
-
-
-def _run_epochs(config, run, store, spec, state, sparsity, step_fn, eval_fn, zeros,
-                train_loader, eval_loaders, mesh, is_main, stop_after_epoch) -> TrainResult:
-  start_epoch = 0
-  if store is not None and config.resume:
-    if is_main:
-      run.check_config(dataclasses.asdict(config))  # again, under the lock
-    restored = store.restore_latest(state)
-    if restored is not None:
-      start_epoch, state = restored[0] + 1, restored[1]
-  elif store is not None:
-    store.clear()
-  history = run.history(start_epoch) if config.resume else []
-  if is_main:
-    run.write_json("config.json", dataclasses.asdict(config))
-    run.write("sparsity.txt", sparsity.table() + "\n")
-    run.write_json("sparsity.json", sparsity.to_dict())
-    run.start_log(history)
-
-  wall_start = time.perf_counter()
-  steps = train_loader.steps_per_epoch
-  progress = Progress(steps * config.epochs, quiet=config.quiet or not is_main,
-                      done=start_epoch * steps)
-  last_good = start_epoch - 1
-  for epoch in range(start_epoch, config.epochs):
-    if stop_after_epoch is not None and epoch >= stop_after_epoch:
-      break
-    record = {"epoch": epoch}
-    sums, bounded = zeros, BoundedSteps()
-    started, compile_s = time.perf_counter(), 0.0
-    for i, batch in enumerate(train_loader.epoch(epoch)):
-      if i == 0 and config.jacobian:
-        record.update(_jacobian_stats(spec, state, batch))
-      t0 = time.perf_counter()
-      state, sums = step_fn(state, batch, sums)
-      bounded.push(sums)
-      if i == 0 and epoch == start_epoch:
-        jax.block_until_ready(sums)
-        compile_s = time.perf_counter() - t0
-        started = time.perf_counter()
-      if i + 1 == steps or (i + 1) % config.log_every == 0 or progress.due():
-        host = jax.device_get(sums)
-        loss = float(host["loss"]) / max(float(host["count"]), 1.0)
-        if not np.isfinite(loss):
-          where = f"epoch {last_good}" if last_good >= 0 else "none"
-          location = run.path / "checkpoints" if store is not None else "(checkpoints off)"
-          raise TrainingDiverged(
-              f"loss became {loss} in epoch {epoch} (step {i + 1}); stopped. The last good "
-              f"checkpoint ({where}) is kept in {location}")
-        progress.update(epoch * steps + i + 1, epoch=epoch + 1, loss=loss,
-                        acc=float(host["correct"]) / max(float(host["count"]), 1.0))
-    elapsed = time.perf_counter() - started
-    timed = steps - (1 if epoch == start_epoch else 0)
-    host = jax.device_get(sums)
-    record.update({
-        "train_loss": float(host["loss"]) / float(host["count"]),
-        "train_accuracy": float(host["correct"]) / float(host["count"]),
-        "lr": _learning_rate(config, steps, int(state.step) - 1),
-        "step_time_s": elapsed / max(timed, 1),
-        "examples_per_s": timed * config.batch_size / max(elapsed, 1e-9),
-    })
-    if compile_s:
-      record["compile_s"] = compile_s
-    for name, loader in eval_loaders.items():
-      record.update(evaluate(eval_fn, state, loader, name, zeros))
-    if store is not None:
-      store.save(epoch, state)
-    last_good = epoch
-    history.append(record)
-    if is_main:
-      run.log(record, history)
-    progress.done(f"epoch {epoch + 1}/{config.epochs} train_loss {record['train_loss']:.4f} "
-                  f"val_acc {record.get('val_accuracy', float('nan')):.4f} "
-                  f"test_acc {record.get('test_accuracy', float('nan')):.4f}")
-  result = run_summary(history, sparsity, run, state, devices=int(mesh.devices.size),
-                       wall_time_s=time.perf_counter() - wall_start)
-  if is_main:
-    run.write_json("summary.json", result)
-  return TrainResult(result, state, sparsity, history)
+  result, = loop.run_group([config], mesh=loop.data_parallel_mesh(config.devices),
+                           dataset=dataset, stop_after_epoch=stop_after_epoch)
+  if result.diverged is not None:
+    d = result.diverged
+    where = f"epoch {d['last_good_epoch']}" if d["last_good_epoch"] >= 0 else "none"
+    location = (RunDir(config.run_dir).path / "checkpoints" if config.checkpoint
+                else "(checkpoints off)")
+    raise TrainingDiverged(
+        f"loss became {d['loss']} in epoch {d['epoch']} (step {d['step']}); stopped. The last "
+        f"good checkpoint ({where}) is kept in {location}")
+  return result
 
 
 @jax.jit
@@ -445,9 +338,13 @@ def params_l2(params) -> jax.Array:
                       for p in jax.tree.leaves(params)))
 
 
-def run_summary(history: list[dict], sparsity, run: RunDir, state: TrainState, *, devices: int,
-                wall_time_s: float) -> dict:
-  """The ``summary.json`` record of a run (``test_accuracy`` first)."""
+def run_summary(history: list[dict], sparsity, run: RunDir, state: TrainState, *,
+                devices: int) -> dict:
+  """The ``summary.json`` record of a run (``test_accuracy`` first).
+
+  ``wall_time_s`` is the run's share of the wall time of every epoch done
+  (across resumed legs, compilation excluded); ``compile_time_s`` the
+  compilation of its legs."""
   last = history[-1] if history else {}
   return {
       "test_accuracy": last.get("test_accuracy"),
@@ -460,13 +357,16 @@ def run_summary(history: list[dict], sparsity, run: RunDir, state: TrainState, *
       "run_dir": str(run.path.absolute()),
       "devices": devices,
       "processes": jax.process_count(),
-      "wall_time_s": wall_time_s,
+      "wall_time_s": sum(r.get("run_time_s", 0.0) for r in history),
+      "compile_time_s": sum(r.get("compile_s", 0.0) for r in history),
+      "process": jax.process_index(),
       "params_l2": float(params_l2(state.params)),
       "params_fingerprint": [int(v) for v in jax.device_get(fingerprint(state.params))],
   }
 
 
-def _learning_rate(config: Config, steps_per_epoch: int, step: int) -> float:
+def learning_rate(config: Config, steps_per_epoch: int, step: int) -> float:
+  """``config``'s learning rate after ``step`` steps (``steps_per_epoch`` set the schedule)."""
   schedule = optim.schedule(config.schedule, config.lr, steps_per_epoch * config.epochs)
   return float(schedule(max(step, 0)))
 
