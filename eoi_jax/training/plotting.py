@@ -210,6 +210,8 @@ def density_axis(ax, densities: Sequence[float], label: str = DENSITY_LABEL) -> 
   for v in values[1:]:
     if position(v) - position(ticks[-1]) >= 0.07 * span:
       ticks.append(v)
+  if ticks[-1] != values[-1]:  # the largest (often dense, 1.0) is always labelled
+    ticks = (ticks[:-1] if len(ticks) > 1 else ticks) + [values[-1]]
   ax.set_xticks(ticks)
   ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.3g}"))
   ax.xaxis.set_minor_formatter(FuncFormatter(lambda v, _: ""))

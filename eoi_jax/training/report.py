@@ -392,12 +392,16 @@ def _log_if_spread(plotting, ax, values) -> None:
     plotting.log_y(ax)
 
 
+def _seeds_text(seeds: int) -> str:
+  return f"{seeds} seed" + ("" if seeds == 1 else "s")
+
+
 def _accuracy_figure(plotting, acc, title, densities, seeds):
   panels = list(dict.fromkeys(c.panel for c in acc))
   series = _series_in_order(acc)
   looks = _series_looks(series)
   fig, axes = plotting.figure(len(panels), f"{title}\nfinal test accuracy (mean ± std over "
-                              f"{seeds} seeds) against realised density", sharey=True)
+                              f"{_seeds_text(seeds)}) against realised density", sharey=True)
   drawn = {}
   for ax, panel in zip(axes, panels):
     for s in series:
@@ -430,7 +434,8 @@ def _loss_figure(plotting, runs, acc, title, seeds):
   looks = _series_looks(_series_in_order(ordered))
   styles = plotting.linestyles(sorted({c.density for c in ordered}))
   fig, axes = plotting.figure(len(panels), f"{title}\ntraining loss per epoch (mean over "
-                              f"{seeds} seeds); colour: method, line style: requested density")
+                              f"{_seeds_text(seeds)}); colour: method, line style: requested "
+                              "density")
   for ax, panel in zip(axes, panels):
     for c in ordered:
       if c.panel != panel:
@@ -467,7 +472,7 @@ def _jacobian_figure(plotting, runs, title, densities, seeds):
   series = _series_in_order(stats["jacobian_sv_mean"])
   looks = _series_looks(series)
   fig, axes = plotting.figure(2 * len(panels), f"{title}\ninput-output Jacobian's singular "
-                              f"values at initialisation (mean over {seeds} seeds) against "
+                              f"values at initialisation (mean over {_seeds_text(seeds)}) against "
                               "realised density", columns=2)
   for i, panel in enumerate(panels):
     for ax, key, name in ((axes[2 * i], "jacobian_sv_mean", "mean singular value"),
