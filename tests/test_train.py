@@ -310,8 +310,9 @@ def test_main_job_on_real_mnist(tmp_path):
 
 
 def test_batch_norm_model_trains_and_updates_statistics(tmp_path):
-  result = train_and_evaluate(_config(tmp_path, model="resnet32", activation="relu", epochs=1,
-                                      init="dense", limit=300, checkpoint=False, lr=0.05))
+  result = train_and_evaluate(_config(tmp_path, model="resnet32", depth=None, width=None,
+                                      activation="relu", epochs=1, init="dense", limit=300,
+                                      checkpoint=False, lr=0.05))
   fresh = nnx.state(models.build("resnet32", (8, 8, 1), 10), nnx.Not(nnx.Param))
   changed = [not np.array_equal(np.asarray(a), np.asarray(b))
              for a, b in zip(jax.tree.leaves(fresh), jax.tree.leaves(result.state.other))]

@@ -151,7 +151,14 @@ def _type_ok(value, kind) -> bool:
 
 
 def validate(config: Config) -> Config:
-  """Checks types, values and names; raises ``ValueError`` naming the field."""
+  """Checks types, values and names; raises ``ValueError`` naming the field.
+
+  The architecture fields must be ones the model takes
+  (:func:`eoi_jax.training.models.check_fields`: ``depth`` for ``resnet32``
+  is an error). Whether the sparse initialisation can be built at the
+  network's layer shapes (SAO's degrees, say) is the plan's question
+  (:mod:`eoi_jax.training.plan`), answered before a sweep trains.
+  """
   from eoi_jax import allocation, methods, optim  # late: keep config importable fast
   from eoi_jax.training import data, models
 
@@ -191,4 +198,10 @@ def validate(config: Config) -> Config:
     if not ok:
       field = message.split()[0]
       raise ValueError(f"{message}, got {getattr(config, field)!r}")
+  for field in ("depth", "width"):
+    value = getattr(config, field)
+    if value is not None and value < 1:
+      raise ValueError(f"{field} must be >= 1 (or unset: the model's default), got {value!r}")
+  models.check_fields(config.model, depth=config.depth, width=config.width,
+                      activation_name=config.activation)
   return config

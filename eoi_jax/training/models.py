@@ -462,6 +462,56 @@ MODELS = {
 """Models by name: ``(image_shape, num_classes, depth, width, activation_name, rngs) -> model``."""
 
 
+class Takes(NamedTuple):
+  """The architecture fields a model takes.
+
+  Attributes:
+    depth: the smallest depth it takes, or ``None``: its depth is fixed.
+    width: the smallest width it takes, or ``None``: its widths are fixed.
+    activation: whether an activation can be chosen.
+  """
+
+  depth: int | None = None
+  width: int | None = None
+  activation: bool = True
+
+
+TAKES = {
+    "mlp": Takes(depth=2, width=1),
+    "deep_cnn": Takes(depth=3, width=1),
+    "resnet8": Takes(),
+    "resnet32": Takes(),
+    "resnet56": Takes(),
+    "resnet110": Takes(),
+    "vgg16": Takes(),
+    "vit": Takes(depth=1, width=1, activation=False),  # GELU
+    "efficientnet_b0": Takes(),
+}
+"""Which of ``depth``, ``width`` and ``activation`` each model of :data:`MODELS` takes."""
+
+
+def check_fields(name: str, *, depth=None, width=None, activation_name=None) -> None:
+  """Raises ``ValueError`` naming a field ``name`` does not take or a value below its least.
+
+  Example:
+    >>> check_fields("resnet32", depth=20)
+    ValueError: model 'resnet32' does not take depth (fixed by the model); it takes: activation
+  """
+  _check_name(name)
+  takes = TAKES[name]
+  given = {"depth": depth, "width": width, "activation": activation_name}
+  allowed = {"depth": takes.depth is not None, "width": takes.width is not None,
+             "activation": takes.activation}
+  extra = [field for field, value in given.items() if value is not None and not allowed[field]]
+  if extra:
+    accepted = ", ".join(field for field, ok in allowed.items() if ok) or "none of them"
+    raise ValueError(f"model {name!r} does not take {', '.join(extra)} (fixed by the model); "
+                     f"it takes: {accepted}")
+  for field, least in (("depth", takes.depth), ("width", takes.width)):
+    if given[field] is not None and given[field] < least:
+      raise ValueError(f"{field} must be >= {least} for model {name!r}, got {given[field]}")
+
+
 def build(name: str, image_shape, num_classes: int, *, depth: int | None = None,
           width: int | None = None, activation_name: str | None = None, seed: int = 0):
   """Builds a model by name for inputs of ``image_shape`` (H, W, C).
@@ -471,12 +521,13 @@ def build(name: str, image_shape, num_classes: int, *, depth: int | None = None,
     image_shape: input ``(H, W, C)``.
     num_classes: outputs.
     depth, width: for ``mlp``, ``deep_cnn`` and ``vit`` (defaults 7 x 100,
-      10 x 128 and 4 blocks x 64).
+      10 x 128 and 4 blocks x 64); another model given one raises
+      (:func:`check_fields`).
     activation_name: one of :data:`ACTIVATIONS` (default tanh for the plain
       networks, relu for ResNet and VGG).
     seed: parameter seed of the model's own initialisation.
   """
-  _check_name(name)
+  check_fields(name, depth=depth, width=width, activation_name=activation_name)
   return MODELS[name](tuple(image_shape), num_classes, depth, width, activation_name,
                       nnx.Rngs(seed))
 
@@ -523,7 +574,7 @@ def build_for_sparse_init(name: str, image_shape, num_classes: int, *, depth: in
     >>> out = methods.initialize_model("eoi", jax.random.key(1), model, 0.1)
     >>> nnx.update(model, out.params)
   """
-  _check_name(name)
+  check_fields(name, depth=depth, width=width, activation_name=activation_name)
   make = _sparse_init_builder(name, tuple(image_shape), num_classes, depth, width,
                               activation_name)
   return make(jnp.int32(seed))
