@@ -13,7 +13,9 @@ import jax
 import numpy as np
 import pytest
 
-from eoi_jax.training import cli, multirun, report, sweep
+from eoi_jax import layers
+from eoi_jax.training import cli, data, models, multirun, plan, report, sweep
+from eoi_jax.training import train as train_lib
 from eoi_jax.training.config import make_config
 from eoi_jax.training.train import train_and_evaluate
 
@@ -60,7 +62,8 @@ def test_runs_together_equal_runs_alone_batch_norm_cnn(tmp_path):
   # Small learning rates: at lr 0.05 this network amplifies a 1e-7 change of
   # its initial weights to 1e-2 within 9 steps, so no two summation orders agree.
   variants = [dict(seed=0, init="eoi", lr=0.01), dict(seed=3, init="erk", lr=0.02)]
-  common = dict(model="resnet8", epochs=1, limit=160, batch_size=32, checkpoint=False)
+  common = dict(model="resnet8", depth=None, width=None, epochs=1, limit=160, batch_size=32,
+                checkpoint=False)
   together = multirun.train_runs([_config(tmp_path, f"t{i}", **{**common, **v})
                                   for i, v in enumerate(variants)])
   for i, v in enumerate(variants):
@@ -296,3 +299,92 @@ def test_cli_sweep_and_report(tmp_path, capsys):
   grid.write_text("{not json")
   assert cli.main(argv) == 2
   assert "not valid JSON" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------
+# Plans: a grid checked before anything trains.
+
+
+def _initialise(config):
+  """The run's real initialisation: model, method and optimizer, as training builds them."""
+  info = data.SPECS[config.dataset].info
+  sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  return train_lib.create_train_state(config, info, None, 1, sharding)
+
+
+def test_the_plan_agrees_with_the_real_initialisation(tmp_path):
+  # The 16 x 16 hidden layers of a width-16 MLP have SAO degrees 1, 2, 4, 8, 16:
+  # density 0.25 is degree 4, density 0.3 asks for degree 5.
+  feasible = _config(tmp_path, "ok", width=16, init="sao", density=0.25)
+  infeasible = dataclasses.replace(feasible, density=0.3)
+  planned = plan.plan(feasible)
+  assert planned.degrees == {"hidden_layers/kernel": 4}
+  _, _, sparsity = _initialise(feasible)
+  assert {row.name: row.requested for row in sparsity.rows} == pytest.approx(planned.densities)
+  with pytest.raises(ValueError, match="degree 5") as real:
+    _initialise(infeasible)
+  with pytest.raises(plan.Infeasible) as checked:
+    plan.plan(infeasible)
+  assert str(real.value) in str(checked.value)
+  result = plan.check([feasible, infeasible])
+  assert result.runs == [feasible] and len(result.dropped) == 1
+
+
+def test_plans_read_the_real_layers_without_building_weights(tmp_path):
+  config = _config(tmp_path, "vit", model="vit", depth=2, width=32, activation=None)
+  layout, ends = plan.network(plan.NetworkKey.of(config))
+  model = models.build("vit", (8, 8, 1), 10, depth=2, width=32)
+  assert layout == layers.model_layout(model) and ends == model.sparsity_spec().ends
+  # A model's own constructor check, and an allocator that cannot meet the density.
+  with pytest.raises(plan.Infeasible, match="heads"):
+    plan.plan(_config(tmp_path, "v", model="vit", depth=2, width=30))
+  with pytest.raises(plan.Infeasible, match="too low"):
+    plan.plan(_config(tmp_path, "e", init="eoi", allocator="uniform_dense_ends", density=0.01))
+  # Built, but otherwise than asked: below EOI's sparsest pattern, an empty random mask.
+  assert "sparsest pattern" in plan.plan(_config(tmp_path, "s", density=1e-4)).notes[0]
+  assert "keep no entry" in plan.plan(_config(tmp_path, "u", init="uniform",
+                                              density=1e-4)).notes[0]
+  assert plan.plan(_config(tmp_path, "n", init="snip")).densities is None
+
+
+def test_every_mask_maker_has_a_density_rule():
+  from eoi_jax.methods import registry
+
+  assert set(plan.MASK_DENSITIES) - {None} == set(registry.MASK_MAKERS)
+
+
+def test_sweep_drops_runs_that_cannot_be_built_and_says_why(tmp_path, capsys):
+  base = _config(tmp_path, "unused", width=16, epochs=1, checkpoint=False, limit=256)
+  grid = {"init": ["sao"], "density": [0.25, 0.3]}
+  results = sweep.run_sweep(base, grid, tmp_path / "sweep", figures=False,
+                            results_dir=tmp_path / "results")
+  assert "1 runs dropped" in capsys.readouterr().err
+  assert [r["density"] for r in csv.DictReader(results.open())] == ["0.25"]
+  record = json.loads((tmp_path / "sweep" / "sweep.json").read_text())
+  assert record["runs"] == 2 and record["dropped"][0]["run"] == "init=sao,density=0.3"
+  assert "degree 5" in record["dropped"][0]["reason"]
+  assert not Path(base.run_dir).exists() and not (tmp_path / "sweep" / "runs" /
+                                                  "init=sao,density=0.3").exists()
+  # The results directory names the sweep's, so a report of either finds the runs.
+  pointer = json.loads((tmp_path / "results" / "sweep.json").read_text())
+  assert pointer["sweep_dir"] == "../sweep" and pointer["dropped"] == record["dropped"]
+  assert len(report.collect(tmp_path / "results")) == 1
+  with pytest.raises(ValueError, match="no run of the grid can be built"):
+    sweep.run_sweep(base, {"init": ["sao"], "density": [0.3]}, tmp_path / "none")
+
+
+def test_model_fields_a_model_does_not_take_are_errors(tmp_path, capsys):
+  with pytest.raises(ValueError, match="model 'resnet32' does not take depth, width"):
+    make_config("cifar10_resnet32", depth=20, width=999)
+  with pytest.raises(ValueError, match="model 'vit' does not take activation"):
+    make_config("digits_vit", activation="tanh")
+  for field, value, message in (("depth", 0, "depth must be >= 1"),
+                                ("width", -3, "width must be >= 1"),
+                                ("depth", 1, "depth must be >= 2 for model 'mlp'")):
+    with pytest.raises(ValueError, match=message):
+      make_config("mnist_mlp", **{field: value})
+  with pytest.raises(ValueError, match="grid point .*does not take depth"):
+    sweep.expand(make_config("digits_smoke"), {"model": ["mlp", "resnet8"]}, tmp_path)
+  assert cli.main(["train", "--config", "cifar10_resnet32", "--depth", "20"]) == 2
+  err = capsys.readouterr().err
+  assert err.count("\n") == 1 and "does not take depth" in err

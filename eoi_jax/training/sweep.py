@@ -3,7 +3,10 @@
 A sweep is a base :class:`~eoi_jax.training.config.Config` and a grid
 ``{field: [values]}``; :func:`expand` makes one config per point (the
 cartesian product, in the grid's order), each with its own run directory
-``SWEEP_DIR/runs/<field=value,...>``. :func:`run_sweep` groups the runs that
+``SWEEP_DIR/runs/<field=value,...>``. Before anything trains,
+:func:`run_sweep` plans every run's initialisation at the network's real layer
+shapes (:mod:`eoi_jax.training.plan`) and drops the runs that cannot be built,
+each named with its reason in ``sweep.json``. It then groups the runs that
 can share a step (:func:`eoi_jax.training.multirun.group_key`), splits groups
 into batches of at most ``max_runs_per_step`` runs, trains each batch with
 :func:`eoi_jax.training.multirun.train_runs` and skips every run whose
@@ -31,12 +34,13 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import json
+import os
 import time
 from pathlib import Path
 
 import jax
 
-from eoi_jax.training import multirun, report
+from eoi_jax.training import multirun, plan, report
 from eoi_jax.training.config import Config, validate
 from eoi_jax.training.progress import Progress
 
@@ -141,10 +145,15 @@ def run_sweep(base: Config, grid: dict, sweep_dir, *, max_runs_per_step: int | N
       where more lose throughput; no limit on accelerators).
     quiet: no progress lines.
     figures: write PNG figures too (needs matplotlib).
-    results_dir: where to write the results (default ``sweep_dir``).
+    results_dir: where to write the results (default ``sweep_dir``); a
+      ``sweep.json`` there names the sweep's directory, so that
+      ``eoi-jax report RESULTS_DIR`` finds the runs.
 
   Returns:
     The path of ``results.csv``.
+
+  Raises:
+    ValueError: a bad grid (:func:`expand`), or no run of it can be built.
   """
   if max_runs_per_step == "auto":
     max_runs_per_step = multirun.default_runs_per_step()
@@ -154,13 +163,18 @@ def run_sweep(base: Config, grid: dict, sweep_dir, *, max_runs_per_step: int | N
   sweep_dir = Path(sweep_dir)
   base = dataclasses.replace(base, quiet=True)
   validate(base)
-  configs = expand(base, grid, sweep_dir)
+  checked = plan.check(expand(base, grid, sweep_dir))
+  if not checked.runs:
+    raise ValueError(f"sweep: no run of the grid can be built; {checked.dropped[0][1]}")
+  configs = checked.runs
   main = jax.process_index() == 0
   quiet = quiet or not main
   if main:
-    sweep_dir.mkdir(parents=True, exist_ok=True)
-    (sweep_dir / "sweep.json").write_text(json.dumps(
-        {"base": dataclasses.asdict(base), "grid": grid}, indent=2) + "\n")
+    record = {"base": dataclasses.asdict(base), "grid": grid,
+              "runs": len(checked.runs) + len(checked.dropped), "dropped": checked.records()}
+    write_record(sweep_dir, record)
+    if results_dir is not None and Path(results_dir).resolve() != sweep_dir.resolve():
+      write_record(results_dir, record, sweep_dir=sweep_dir)
   # Every process reads which runs are finished before any trains, so that
   # all of them form the same batches.
   multirun.sync_processes("eoi_jax.sweep.start")
@@ -169,6 +183,9 @@ def run_sweep(base: Config, grid: dict, sweep_dir, *, max_runs_per_step: int | N
   progress = Progress(len(configs), label="run", quiet=quiet, done=len(configs) - len(todo),
                       interval=30.0)
   if not quiet:
+    if checked.dropped:
+      progress.done(f"sweep {sweep_dir}: {len(checked.dropped)} runs dropped, they cannot be "
+                    "built (reasons in sweep.json)")
     progress.done(f"sweep {sweep_dir}: {len(configs)} runs, {len(configs) - len(todo)} done, "
                   f"{len(todo)} to train")
   done = len(configs) - len(todo)
@@ -186,6 +203,25 @@ def run_sweep(base: Config, grid: dict, sweep_dir, *, max_runs_per_step: int | N
   if not main:
     return (sweep_dir if results_dir is None else Path(results_dir)) / "results.csv"
   return report.write(sweep_dir, figures=figures, out=results_dir)
+
+
+def write_record(directory, record: dict, *, sweep_dir=None) -> Path:
+  """Writes ``sweep.json`` (the base, the grid, the number of runs and the
+  dropped ones) into ``directory``; with ``sweep_dir``, a results directory
+  apart from the sweep's, it also names the sweep's directory relative to
+  ``directory``, where :func:`eoi_jax.training.report.collect` finds the runs.
+
+  Returns:
+    The path written.
+  """
+  directory = Path(directory)
+  directory.mkdir(parents=True, exist_ok=True)
+  if sweep_dir is not None:
+    record = {**record, "sweep_dir": os.path.relpath(Path(sweep_dir).resolve(),
+                                                     directory.resolve())}
+  path = directory / "sweep.json"
+  path.write_text(json.dumps(record, indent=2) + "\n")
+  return path
 
 
 def load_grid_file(path) -> tuple[str | None, dict, dict]:
