@@ -1,21 +1,38 @@
-"""What every experiment shares: its command line, its sweep and its record.
+"""What every experiment shares: its command line, its check, its sweep and its record.
 
 An experiment is a base config and a list of grids (:mod:`eoi_jax.training.sweep`)
-for the paper's protocol and for ``--quick``. :func:`main` parses
-``--quick``, ``--seeds``, ``--epochs``, ``--max-runs-per-step``, ``--runs-dir``
-and ``--results-dir``, runs the sweep (resumable: the same command continues
-it), writes ``results.csv``, ``table.md`` and the figures under
-``experiments/results/<name>[-quick]/`` and a ``PROVENANCE.md`` beside them
-(command, device, JAX version, date, commit). The runs themselves (checkpoints,
-per-epoch logs) stay under ``runs/experiments/``, outside the repository's
-record.
+for the paper's protocol and for ``--quick``. :func:`main` parses ``--quick``,
+``--seeds``, ``--epochs``, ``--max-runs-per-step``, ``--runs-dir``,
+``--results-dir``, ``--dataset`` (where an experiment offers several),
+``--check``, ``--dry-run`` and ``--record``:
+
+* ``--check`` plans every run of the grid without data or training
+  (:mod:`eoi_jax.training.plan`: the real network's layer shapes for the
+  dataset's image shape, each layer's density, the method's own feasibility
+  check), prints the runs in the grid, the runs that can be built and the
+  runs dropped grouped by reason, and exits 0 when some run can be built;
+* ``--dry-run`` prints the grid's size;
+* otherwise the sweep runs (resumable: the same command continues it; runs
+  that cannot be built are dropped before anything trains, each named with
+  its reason in ``sweep.json``) and writes ``results.csv``, ``table.md``, the
+  figures and ``PROVENANCE.md`` (command, device, JAX version, date, commit,
+  dropped runs) beside the runs, in ``runs/experiments/<name>[-dataset][-quick]/``
+  (or ``--results-dir``);
+* ``--record`` then copies those files to
+  ``experiments/results/<name>[-dataset][-quick]/``, the repository's record
+  (files of an earlier record that the run did not write are removed); without
+  it nothing under ``experiments/results/`` changes. ``eoi-jax report`` reads
+  either directory: the record's ``sweep.json`` names the runs' directory.
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
 import dataclasses
 import datetime
+import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -60,14 +77,24 @@ def parser(experiment: Experiment) -> argparse.ArgumentParser:
                  help="runs trained side by side in one step (default: 16 on CPUs)")
   p.add_argument("--runs-dir", help="where the runs live (default runs/experiments/NAME)")
   p.add_argument("--results-dir",
-                 help="where tables and figures go (default experiments/results/NAME)")
+                 help="where tables and figures go (default: the runs directory)")
   if experiment.datasets:
     p.add_argument("--dataset", choices=experiment.datasets, default=experiment.datasets[0],
                    help=f"the data (default {experiment.datasets[0]}, the paper's; the others "
                    "where it is absent: the table says which was used)")
+  p.add_argument("--check", action="store_true",
+                 help="plan every run of the grid (no data, no training): runs OK and runs "
+                 "dropped by reason; exit 0 when some run can be built")
   p.add_argument("--dry-run", action="store_true", help="print the grid's size and stop")
+  add_record_argument(p)
   p.add_argument("--quiet", action="store_true")
   return p
+
+
+def add_record_argument(p: argparse.ArgumentParser) -> None:
+  p.add_argument("--record", action="store_true",
+                 help="copy the results to experiments/results/NAME, the repository's record "
+                 "(default: they stay beside the runs)")
 
 
 def configs(experiment: Experiment, args) -> tuple:
@@ -81,11 +108,8 @@ def configs(experiment: Experiment, args) -> tuple:
   if args.epochs is not None and args.epochs < 1:
     raise ValueError(f"--epochs must be >= 1, got {args.epochs}")
   dataset = getattr(args, "dataset", None)
-  paper_data = dataset is None or dataset == experiment.datasets[0]
-  suffix = ("" if paper_data else f"-{dataset}") + ("-quick" if args.quick else "")
-  runs_dir = Path(args.runs_dir or Path("runs") / "experiments" / (experiment.name + suffix))
-  results_dir = Path(args.results_dir or REPO / "experiments" / "results" /
-                     (experiment.name + suffix))
+  runs_dir = Path(args.runs_dir or Path("runs") / "experiments" / record_name(experiment, args))
+  results_dir = Path(args.results_dir or runs_dir)
   base = experiment.base(args.quick, args.epochs)
   if dataset is not None:
     base = replace(base, dataset=dataset)
@@ -93,8 +117,64 @@ def configs(experiment: Experiment, args) -> tuple:
   return base, grids, sweep.expand(base, grids, runs_dir), runs_dir, results_dir
 
 
-def provenance(results_dir: Path, argv) -> None:
-  """``PROVENANCE.md``: the command, device, JAX version, date and commit."""
+def record_name(experiment: Experiment, args) -> str:
+  """``<name>[-dataset][-quick]``: the runs' and the record's folder name."""
+  dataset = getattr(args, "dataset", None)
+  paper_data = dataset is None or dataset == experiment.datasets[0]
+  return experiment.name + ("" if paper_data else f"-{dataset}") + (
+      "-quick" if getattr(args, "quick", False) else "")
+
+
+def record(results_dir, name: str, sweep_dir=None) -> Path:
+  """Copies the files of ``results_dir`` (not its folders) to
+  ``experiments/results/<name>/``, the repository's record, and removes the
+  files there that ``results_dir`` does not hold. A ``sweep.json`` is written
+  anew naming ``sweep_dir`` relative to the record, for ``eoi-jax report``.
+
+  Returns:
+    The record's directory.
+
+  Example:
+    >>> record("runs/experiments/mlp_density-quick", "mlp_density-quick",
+    ...        sweep_dir="runs/experiments/mlp_density-quick")
+  """
+  from eoi_jax.training import sweep
+
+  results_dir = Path(results_dir)
+  destination = REPO / "experiments" / "results" / name
+  files = sorted(path for path in results_dir.iterdir() if path.is_file())
+  if destination.resolve() == results_dir.resolve():
+    return destination
+  destination.mkdir(parents=True, exist_ok=True)
+  names = {path.name for path in files}
+  for old in destination.iterdir():
+    if old.is_file() and old.name not in names:
+      old.unlink()
+  for path in files:
+    if path.name == "sweep.json" and sweep_dir is not None:
+      kept = {k: v for k, v in json.loads(path.read_text()).items() if k != "sweep_dir"}
+      sweep.write_record(destination, kept, sweep_dir=sweep_dir)
+    else:
+      shutil.copyfile(path, destination / path.name)
+  return destination
+
+
+def _dropped_lines(dropped) -> list[str]:
+  from eoi_jax.training import plan
+
+  if not dropped:
+    return []
+  counts = collections.Counter(plan.first_sentence(d["reason"]) for d in dropped)
+  return (["", "## Runs dropped before training", "",
+           f"{len(dropped)} runs of the grid cannot be built and were not trained "
+           "(`sweep.json` names each run and its whole reason):", ""]
+          + [f"- {n} runs: {reason}" for reason, n in counts.items()])
+
+
+def provenance(results_dir: Path, argv, dropped=()) -> None:
+  """``PROVENANCE.md``: the command, device, JAX version, date and commit, and
+  the runs ``dropped`` before training (``[{"run", "reason"}]``, as in
+  ``sweep.json``) grouped by reason."""
   import jax
 
   try:
@@ -113,7 +193,8 @@ def provenance(results_dir: Path, argv) -> None:
            f"- date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC",
            f"- commit: {commit}"]
   (results_dir / "PROVENANCE.md").write_text("# How these results were made\n\n"
-                                             + "\n".join(lines) + "\n")
+                                             + "\n".join(lines + _dropped_lines(dropped))
+                                             + "\n")
 
 
 def main(experiment: Experiment, argv=None) -> int:
@@ -124,19 +205,33 @@ def main(experiment: Experiment, argv=None) -> int:
   except ValueError as e:
     print(f"{experiment.name}: error: {e}", file=sys.stderr)
     return 2
+  name = record_name(experiment, args)
+  if args.check:
+    from eoi_jax.training import plan
+
+    checked = plan.check(all_configs)
+    print(checked.table(name))
+    return 0 if checked.runs else 1
   if args.dry_run:
     print(f"{experiment.name}: {len(all_configs)} runs of {base.epochs} epochs in {runs_dir}")
     return 0
   from eoi_jax.training import compilation_cache, sweep
 
   compilation_cache.enable()
-  results = sweep.run_sweep(base, grids, runs_dir,
-                            max_runs_per_step=args.max_runs_per_step or "auto",
-                            quiet=args.quiet, results_dir=results_dir)
+  try:
+    results = sweep.run_sweep(base, grids, runs_dir,
+                              max_runs_per_step=args.max_runs_per_step or "auto",
+                              quiet=args.quiet, results_dir=results_dir)
+  except ValueError as e:
+    print(f"{experiment.name}: error: {e}", file=sys.stderr)
+    return 2
+  dropped = json.loads((runs_dir / "sweep.json").read_text()).get("dropped", [])
   provenance(results_dir, [f"experiments.{experiment.name}"] + list(
-      sys.argv[1:] if argv is None else argv))
+      sys.argv[1:] if argv is None else argv), dropped)
   print(f"results: {results}")
   print((results_dir / "table.md").read_text(), end="")
+  if args.record:
+    print(f"record: {record(results_dir, name, sweep_dir=runs_dir)}")
   return 0
 
 

@@ -5,7 +5,7 @@ and VGG-16 (variant C, batch norm) EOI is the best sparse initialisation at
 densities 0.05 and 0.1; an activation ablation (tanh, leaky ReLU, SELU) at
 density 0.1 on ResNet-32 and VGG-16 keeps that ordering.
 
-Protocol (``../shared/design/EOI_METHOD.md`` section 4): CIFAR-10 with random
+Protocol (the paper's): CIFAR-10 with random
 crops (padding 4) and flips, SGD with Nesterov momentum 0.9, L2 1e-4, batch
 128, lr 0.1 decayed x0.1 at 50% and 75%, 200 epochs, 5 seeds, ReLU; methods
 uniform, ERK, SNIP, GraSP, SynFlow, each plain, +AI and +EOI, and dense.

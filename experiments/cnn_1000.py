@@ -5,7 +5,7 @@ without residuals or normalisation trains on CIFAR-10 at density 0.125 close
 to its dense delta-orthogonal counterpart, while the standard sparse
 initialisations stay at chance.
 
-Protocol (``../shared/design/EOI_METHOD.md`` section 4): conv 3-128, two
+Protocol (the paper's): conv 3-128, two
 stride-2 convs, then 997 3x3 convs 128-128 with circular padding, average
 pool 2, a linear head (the ``cifar10_cnn_1000`` preset); tanh, sigma_w
 1.0247, sigma_b 0.00448, density 0.125, SGD lr 1e-4, 100 epochs, 5 seeds.

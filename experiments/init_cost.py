@@ -20,7 +20,12 @@ This experiment measures, on the machine it runs on:
 
 ``--quick``: n = 64, 128, 256 and AI at 100 steps.
 
-Usage: python -m experiments.init_cost [--quick] [--results-dir DIR]
+The tables, figures and ``PROVENANCE.md`` go to
+``runs/experiments/init_cost[-quick]/`` (or ``--results-dir``); ``--record``
+copies them to ``experiments/results/init_cost[-quick]/``. ``--check`` checks
+the arguments, says at which points SAO is timed, and stops.
+
+Usage: python -m experiments.init_cost [--quick] [--results-dir DIR] [--check] [--record]
 """
 
 from __future__ import annotations
@@ -53,6 +58,16 @@ def _time(fn, repeats: int = 3) -> tuple[float, float]:
   return first, float(np.median(runs))
 
 
+def _sao_degree(n: int, density: float) -> int | None:
+  """SAO's degree for an ``n x n`` matrix at ``density``, or ``None`` where none exists."""
+  from eoi_jax.methods import sao
+
+  try:
+    return sao.degree_for_density((n, n), density)
+  except ValueError:
+    return None
+
+
 def timing(sizes, densities, ai_steps: int) -> list[dict]:
   import eoi_jax
   from eoi_jax import methods
@@ -64,10 +79,7 @@ def timing(sizes, densities, ai_steps: int) -> list[dict]:
     for d in densities:
       row = {"n": n, "density": d}
       row["eoi_first_s"], row["eoi_s"] = _time(lambda: eoi_jax.sparse_orthogonal(key, (n, n), d))
-      try:
-        degree = sao.degree_for_density((n, n), d)
-      except ValueError:
-        degree = None
+      degree = _sao_degree(n, d)
       if degree is not None:
         row["sao_first_s"], row["sao_s"] = _time(lambda: sao.sao_kernel(key, (n, n),
                                                                          degree=degree))
@@ -230,6 +242,9 @@ def main(argv=None) -> int:
   parser.add_argument("--ai-steps", type=int)
   parser.add_argument("--keys", type=int, default=32)
   parser.add_argument("--results-dir")
+  parser.add_argument("--check", action="store_true",
+                      help="check the arguments, say where SAO is timed, and stop")
+  _common.add_record_argument(parser)
   args = parser.parse_args(argv)
   sizes = args.sizes or ([64, 128, 256] if args.quick else [64, 128, 256, 512, 1024, 2048])
   ai_steps = args.ai_steps or (100 if args.quick else 1000)
@@ -238,8 +253,14 @@ def main(argv=None) -> int:
     print("init_cost: error: sizes must be >= 2, densities in (0, 1], --ai-steps and --keys "
           ">= 1", file=sys.stderr)
     return 2
-  out = Path(args.results_dir or _common.REPO / "experiments" / "results" /
-             ("init_cost-quick" if args.quick else "init_cost"))
+  name = "init_cost-quick" if args.quick else "init_cost"
+  if args.check:
+    points = [(n, d) for n in sizes for d in args.densities]
+    with_sao = [p for p in points if _sao_degree(*p) is not None]
+    print(f"{name}: {len(points)} points (size x density), EOI and AI at each, SAO at "
+          f"{len(with_sao)} (where its degree exists)")
+    return 0
+  out = Path(args.results_dir or Path("runs") / "experiments" / name)
   out.mkdir(parents=True, exist_ok=True)
   rows = timing(sizes, args.densities, ai_steps)
   _write(out / "timing.csv", rows)
@@ -254,6 +275,8 @@ def main(argv=None) -> int:
   _common.provenance(out, ["experiments.init_cost"] + list(sys.argv[1:] if argv is None
                                                           else argv))
   print(f"results: {out}")
+  if args.record:
+    print(f"record: {_common.record(out, name)}")
   return 0
 
 

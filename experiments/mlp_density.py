@@ -5,11 +5,13 @@ the best final test accuracy of the sparse initialisations at low densities
 for every activation, and its input-output Jacobian stays close to an isometry
 (singular values near 1, small variance) where the others' collapse.
 
-Protocol (``../shared/design/EOI_METHOD.md`` section 4): MNIST, SGD with
-Nesterov momentum 0.9, L2 1e-4, batch 128, lr 0.01 decayed x0.1 at 50% and
-75%, 100 epochs, 5 seeds; densities 0.03, 0.05, 0.1, 0.2, ..., 1.0;
-activations linear, tanh, hard-tanh, relu; methods uniform, ERK, SNIP, GraSP,
-SynFlow, each plain, +AI and +EOI, SAO where its degree exists, and dense.
+Protocol (the paper's): MNIST, SGD with Nesterov momentum 0.9, L2 1e-4,
+batch 128, lr 0.01 decayed x0.1 at 50% and 75%, 100 epochs, 5 seeds;
+densities 0.03, 0.05, 0.1, 0.2, ..., 0.9; activations linear, tanh,
+hard-tanh, relu; methods uniform, ERK, SNIP, GraSP, SynFlow, each plain, +AI
+and +EOI, and dense (density 1.0); SAO at the densities whose degree exists
+for the 100 x 100 hidden layers (0.05, 0.1, 0.2 and 0.5; SAO keeps the input
+and output layers dense).
 Jacobian singular-value statistics are logged at every epoch's first batch
 (the first epoch's: at initialisation).
 
@@ -40,14 +42,21 @@ def base(quick: bool, epochs: int | None):
 
 
 def sao_densities(config, densities) -> list[float]:
-  """The densities at which SAO can build the network (its config validates)."""
-  import dataclasses
+  """The densities at which SAO can build ``config``'s network: its degree exists
+  for every sparse layer at the real layer shapes (:func:`eoi_jax.training.plan.plan`,
+  SAO's own check).
+
+  Example:
+    >>> sao_densities(base(False, None), DENSITIES)
+    [0.05, 0.1, 0.2, 0.5]
+  """
+  from eoi_jax.training import plan
 
   feasible = []
   for d in densities:
     try:
-      dataclasses.replace(config, init="sao", density=d)
-    except ValueError:
+      plan.plan(_common.replace(config, init="sao", density=d))
+    except plan.Infeasible:
       continue
     feasible.append(d)
   return feasible
@@ -59,10 +68,10 @@ def grids(quick: bool, seeds: int) -> list[dict]:
     return [{"init": list(QUICK_METHODS), "density": [0.05, 0.1], "seed": seed_list},
             {"init": ["dense"], "density": [1.0], "seed": seed_list}]
   out = []
+  sao = sao_densities(base(False, None), DENSITIES)
   for activation in ACTIVATIONS:
     out.append({"activation": [activation], "init": list(METHODS), "density": list(DENSITIES),
                 "seed": seed_list})
-    sao = sao_densities(base(False, None), DENSITIES)
     if sao:
       out.append({"activation": [activation], "init": ["sao"], "density": sao,
                   "seed": seed_list})

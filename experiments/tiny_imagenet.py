@@ -5,10 +5,9 @@ sparse at density 0.1 on Tiny ImageNet; the one setting where EOI was not
 reported to beat every other sparse initialisation (noted in the paper's
 review), so this grid checks how close it comes.
 
-Protocol (``../shared/design/EOI_METHOD.md`` section 4, the
-``tiny_imagenet_efficientnet`` preset): 64x64 images with random crops and
-flips, SGD with Nesterov momentum 0.9, lr 0.01 decayed x0.1 at 50% and 75%,
-L2 1e-3, batch 128, 120 epochs, ReLU as the design notes list, 5 seeds;
+Protocol (the paper's, the ``tiny_imagenet_efficientnet`` preset): 64x64
+images with random crops and flips, SGD with Nesterov momentum 0.9, lr 0.01
+decayed x0.1 at 50% and 75%, L2 1e-3, batch 128, 120 epochs, ReLU, 5 seeds;
 methods uniform, ERK, SNIP, GraSP, SynFlow, each plain, +AI and +EOI, and
 dense. Every conv (the depthwise ones included, an isometry channel by
 channel) and every linear layer (squeeze-and-excitation, head) is masked.

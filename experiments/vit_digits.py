@@ -9,10 +9,14 @@ head), at density 0.25, trained with AdamW on the 8x8 digits (the
 model (:func:`eoi_jax.layers.model_layout`); nothing is declared by hand.
 
 Writes ``summary.json`` (test accuracy, realised density, and the largest
-absolute value of any pruned entry after training: exactly 0) and
-``PROVENANCE.md`` to ``experiments/results/vit_digits/``.
+absolute value of any pruned entry after training: exactly 0),
+``sparsity.txt`` and ``PROVENANCE.md`` to ``runs/experiments/vit_digits/``
+(the run itself in its ``run/`` folder); ``--record`` copies them to
+``experiments/results/vit_digits/``. ``--check`` plans the run's
+initialisation (no data, no training) and says whether it can be built.
 
 Usage: python -m experiments.vit_digits [--epochs N] [--seed N] [--dataset synthetic]
+  [--check] [--record]
 """
 
 from __future__ import annotations
@@ -36,19 +40,29 @@ def main(argv=None) -> int:
   parser.add_argument("--density", type=float, default=0.25)
   parser.add_argument("--dataset", default="digits",
                       help="digits (default; `eoi-jax data fetch digits`) or synthetic")
-  parser.add_argument("--runs-dir", default="runs/experiments/vit_digits")
-  parser.add_argument("--results-dir")
+  parser.add_argument("--runs-dir", default="runs/experiments/vit_digits",
+                      help="the experiment's folder: the run in RUNS_DIR/run, results beside it")
+  parser.add_argument("--results-dir", help="where the results go (default: RUNS_DIR)")
+  parser.add_argument("--check", action="store_true",
+                      help="plan the run's initialisation (no data, no training) and stop")
+  _common.add_record_argument(parser)
   args = parser.parse_args(argv)
+  from eoi_jax.training import plan
   from eoi_jax.training.config import make_config
-  from eoi_jax.training.train import train_and_evaluate
 
   try:
     config = make_config("digits_vit", epochs=args.epochs, seed=args.seed, dataset=args.dataset,
-                         density=args.density, run_dir=args.runs_dir, quiet=True,
-                         resume=False)
+                         density=args.density, run_dir=str(Path(args.runs_dir) / "run"),
+                         quiet=True, resume=False)
   except (TypeError, ValueError) as e:
     print(f"vit_digits: error: {e}", file=sys.stderr)
     return 2
+  if args.check:
+    checked = plan.check([config])
+    print(checked.table("vit_digits"))
+    return 0 if checked.runs else 1
+  from eoi_jax.training.train import train_and_evaluate
+
   result = train_and_evaluate(config)
   pruned = max(float(np.abs(np.asarray(p)[~np.asarray(m)]).max(initial=0.0))
                for p, m in zip(jax.tree.leaves(result.state.params),
@@ -57,13 +71,15 @@ def main(argv=None) -> int:
   summary = {"dataset": args.dataset, "test_accuracy": result.summary["test_accuracy"],
              "density": result.sparsity.density, "epochs": args.epochs, "seed": args.seed,
              "largest_pruned_entry_after_training": pruned}
-  out = Path(args.results_dir or _common.REPO / "experiments" / "results" / "vit_digits")
+  out = Path(args.results_dir or args.runs_dir)
   out.mkdir(parents=True, exist_ok=True)
   (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
   (out / "sparsity.txt").write_text(result.sparsity.table() + "\n")
   _common.provenance(out, ["experiments.vit_digits"] + list(sys.argv[1:] if argv is None
                                                            else argv))
   print(json.dumps(summary))
+  if args.record:
+    print(f"record: {_common.record(out, 'vit_digits')}")
   return 0
 
 

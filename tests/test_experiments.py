@@ -1,12 +1,15 @@
-"""The experiments: every --quick grid expands and its first run starts."""
+"""The experiments: every --quick grid expands and its first run starts, every
+full grid passes --check, and results reach experiments/results only with --record."""
 
 import dataclasses
 import importlib
 import json
+import time
 
 import pytest
 
-from eoi_jax.training import multirun
+from eoi_jax.training import cli, models, multirun, plan
+from eoi_jax.training.config import make_config
 from experiments import _common
 
 EXPERIMENTS = ["mlp_density", "mlp_loss_curves", "mlp_1000", "cnn_1000", "cifar_cnns",
@@ -23,7 +26,7 @@ def test_quick_grid_expands_and_its_first_run_starts(name, tmp_path, capsys):
   args = _common.parser(experiment).parse_args(["--quick", "--runs-dir", str(tmp_path / "runs")])
   base, grids, configs, runs_dir, results_dir = _common.configs(experiment, args)
   assert configs and len({c.run_dir for c in configs}) == len(configs)
-  assert results_dir.name == f"{name}-quick"
+  assert results_dir == runs_dir and _common.record_name(experiment, args) == f"{name}-quick"
   full = _common.configs(experiment, _common.parser(experiment).parse_args(
       ["--runs-dir", str(tmp_path / "full")]))[2]
   assert len(full) > len(configs)
@@ -31,11 +34,11 @@ def test_quick_grid_expands_and_its_first_run_starts(name, tmp_path, capsys):
   # The first run, a few steps on synthetic 8x8 images (no download): the same
   # model and method (a 1000-layer stack cut to 8 layers: the same scanned
   # code, a minute less).
+  model = SMALLER.get(configs[0].model, configs[0].model)
+  depth = min(configs[0].depth or 7, 8) if models.TAKES[model].depth else None
   first = dataclasses.replace(configs[0], dataset="synthetic", limit=256, epochs=1,
-                              batch_size=64, checkpoint=False, jacobian=False,
-                              depth=min(configs[0].depth or 7, 8),
-                              model=SMALLER.get(configs[0].model, configs[0].model),
-                              run_dir=str(tmp_path / "first"))
+                              batch_size=64, checkpoint=False, jacobian=False, depth=depth,
+                              model=model, run_dir=str(tmp_path / "first"))
   result, = multirun.train_runs([first])
   assert result.summary["epochs_done"] == 1 and result.history[0]["train_loss"] > 0
   assert _common.main(experiment, ["--quick", "--dry-run", "--runs-dir",
@@ -123,3 +126,98 @@ def test_full_grids_hold_the_paper_variants():
   tiny = expand("tiny_imagenet")
   assert {(c.model, c.dataset, c.lr, c.weight_decay, c.epochs) for c in tiny} == {
       ("efficientnet_b0", "tiny_imagenet", 0.01, 1e-3, 120)}
+
+
+# Runs of every full grid (5 seeds), each --dataset choice included: all can be built.
+FULL_GRIDS = {
+    ("mlp_density",): 3400, ("mlp_loss_curves",): 165, ("mlp_1000",): 85,
+    ("cnn_1000",): 100, ("cnn_1000", "--dataset", "mnist"): 100,
+    ("cnn_1000", "--dataset", "fashion_mnist"): 100,
+    ("cifar_cnns",): 1100, ("cifar_cnns", "--dataset", "cifar100"): 1100,
+    ("tiny_imagenet",): 80, ("tiny_imagenet", "--dataset", "cifar100"): 80,
+}
+
+
+def test_every_full_grid_passes_check_without_data_or_training(tmp_path, capsys):
+  # CIFAR and Tiny ImageNet are not on disk: the plans read the datasets' specs.
+  assert {name for name, *_ in FULL_GRIDS} == set(EXPERIMENTS)
+  started = time.perf_counter()
+  for (name, *options), runs in FULL_GRIDS.items():
+    experiment = importlib.import_module(f"experiments.{name}").EXPERIMENT
+    assert _common.main(experiment, ["--check", "--runs-dir", str(tmp_path / name),
+                                     *options]) == 0
+    out = capsys.readouterr().out
+    assert f"{runs} runs in the grid, {runs} OK, 0 dropped" in out, out
+  from experiments import vit_digits
+  assert vit_digits.main(["--check", "--runs-dir", str(tmp_path / "vit")]) == 0
+  assert "1 OK, 0 dropped" in capsys.readouterr().out
+  assert not (tmp_path / "mlp_density").exists()  # nothing written, nothing trained
+  assert time.perf_counter() - started < 120
+
+
+def test_mlp_density_keeps_sao_where_its_degrees_exist():
+  from experiments import mlp_density
+
+  base = mlp_density.base(False, None)
+  assert mlp_density.sao_densities(base, mlp_density.DENSITIES) == [0.05, 0.1, 0.2, 0.5]
+  # 0.3 asks the 100 x 100 hidden layers for degree 30, which does not divide 100
+  with pytest.raises(plan.Infeasible, match="degree 30"):
+    plan.plan(_common.replace(base, init="sao", density=0.3))
+
+
+def test_check_reports_dropped_runs_by_reason_and_fails_when_none_can_be_built(capsys):
+  base = make_config("mnist_mlp", quiet=True)
+  shaky = _common.Experiment("shaky", "SAO where its degree does not exist.", lambda q, e: base,
+                             lambda q, s: [{"init": ["sao", "eoi"], "density": [0.1, 0.3],
+                                            "seed": list(range(s))}])
+  assert _common.main(shaky, ["--check", "--seeds", "2"]) == 0
+  out = capsys.readouterr().out
+  assert "8 runs in the grid, 6 OK, 2 dropped" in out
+  assert "2  init='sao' at density 0.3: layer 'hidden_layers/kernel'" in out
+  hopeless = shaky._replace(grids=lambda q, s: [{"init": ["sao"], "density": [0.3]}])
+  assert _common.main(hopeless, ["--check"]) == 1
+
+
+def _tiny_experiment():
+  base = make_config("digits_smoke", dataset="synthetic", limit=256, depth=3, width=16,
+                     epochs=1, quiet=True, checkpoint=False)
+  # SAO at 0.3 asks the 16 x 16 hidden layer for degree 5: dropped, the rest trains.
+  return _common.Experiment("tiny", "A two-run grid.", lambda quick, epochs: base,
+                            lambda quick, seeds: [{"init": ["eoi", "sao"],
+                                                   "density": [0.25, 0.3]}],
+                            default_seeds=(1, 1))
+
+
+def test_results_stay_beside_the_runs_unless_recorded(tmp_path, monkeypatch, capsys):
+  monkeypatch.setattr(_common, "REPO", tmp_path / "repo")
+  record = tmp_path / "repo" / "experiments" / "results" / "tiny"
+  record.mkdir(parents=True)
+  (record / "table.md").write_text("the committed record\n")
+  (record / "stale.png").write_text("a figure the new run does not draw\n")
+  runs = tmp_path / "runs"
+  experiment = _tiny_experiment()
+  assert _common.main(experiment, ["--runs-dir", str(runs), "--quiet"]) == 0
+  assert (record / "table.md").read_text() == "the committed record\n"
+  assert sorted(p.name for p in record.iterdir()) == ["stale.png", "table.md"]
+  for name in ("results.csv", "table.md", "PROVENANCE.md", "sweep.json",
+               "accuracy_vs_density.png"):
+    assert (runs / name).exists(), name
+  sweep = json.loads((runs / "sweep.json").read_text())
+  assert sweep["runs"] == 4 and [d["run"] for d in sweep["dropped"]] == [
+      "init=sao,density=0.3"]
+  assert "degree 5" in sweep["dropped"][0]["reason"]
+  provenance = (runs / "PROVENANCE.md").read_text()
+  assert "1 runs of the grid cannot be built" in provenance and "density 0.3" in provenance
+  capsys.readouterr()
+  # The same command with --record: nothing trains again, the record is replaced.
+  assert _common.main(experiment, ["--runs-dir", str(runs), "--quiet", "--record"]) == 0
+  assert f"record: {record}" in capsys.readouterr().out
+  assert sorted(p.name for p in record.iterdir()) == sorted(
+      p.name for p in runs.iterdir() if p.is_file())
+  assert (record / "table.md").read_text() == (runs / "table.md").read_text()
+  assert len((record / "results.csv").read_text().splitlines()) == 1 + 3
+  # `eoi-jax report` takes the record as it takes the runs' directory.
+  (record / "results.csv").unlink()
+  assert cli.main(["report", str(record), "--no-figures"]) == 0
+  assert len((record / "results.csv").read_text().splitlines()) == 1 + 3
+  assert cli.main(["report", str(runs), "--no-figures"]) == 0
