@@ -19,7 +19,7 @@ then gets that pattern, denser than asked).
 :func:`check` sorts a sweep's configs into runs that can be built and runs
 dropped with their reason. Networks are planned once per (model, image shape,
 classes, depth, width) and initialisations once per (network,
-method, density, allocator, SAO degree, conv options), so a grid of thousands
+method, density, allocator, SAO degree, EIS flag), so a grid of thousands
 of runs plans in seconds.
 
 Example:
