@@ -13,7 +13,7 @@ of ``A`` is two contiguous rows. One loop applies the rotations: each first
 updates the supports, held bit-packed (32 rows of ``A`` per uint32 word; a
 rotation ORs two columns' bit sets and adds the popcount of their XOR to the
 non-zero count: O(rows / 32) work, no trigonometry), which decides whether it
-is the stopping rotation, then the values (a two-row read, a 2x2 product and
+is the stopping rotation, then the values (a two-row read, the rotation and
 a two-row write, updated in place by XLA: O(rows), never a recount). The
 loop runs in chunks of rotations sized from the support Markov chain
 (:func:`max_rotations`) and ends at the stopping rotation, so the result is
@@ -32,6 +32,11 @@ rotations on disjoint columns commute, so a chunk packs into a few dozen
 rounds, each one vectorised step over all columns, with the same supports,
 the same stopping rotation and the same values. On the CPU the one-by-one
 loop is faster (:func:`default_rounds`; ``rounds=`` chooses).
+
+Every path computes a rotated entry with the same arithmetic
+(:func:`_rotated`, immune to XLA's multiply-add fusion), so a key gives the
+same bits alone, under ``jit``, in any ``vmap`` batch and in rounds or one
+by one.
 
 One compiled program serves many problems. Sizes are padded to buckets
 (:func:`bucket`) and the true sizes and targets are traced values
@@ -318,9 +323,42 @@ def _rotation_sequence(key, num_cols, num_rotations, dtype):
 # and writes are two dynamic updates; XLA then updates the carried matrix in
 # place. Anything that keeps the read rows alive across the write, or fuses
 # the read into the written value, makes XLA copy the whole matrix every
-# step: the support pass therefore materialises its reads behind an
-# optimization barrier, and the value pass rotates with a 2x2 product (the
-# equivalent elementwise expression fused into a loop about 5x slower).
+# step: the reads are therefore materialised behind an optimization barrier.
+
+
+# Low significand bits a half of each float drops (see :func:`_halves`).
+_HALF_DROP = {4: (np.uint32, 12), 8: (np.uint64, 27)}
+
+
+def _halves(x):
+  """``(hi, lo)`` with ``x == hi + lo`` exactly, each holding at most half of
+  the dtype's significand bits (12 of float32's 24, 26 of float64's 53), so
+  the product of any two halves is exact. ``hi`` is ``x`` rounded to nearest
+  at the dropped bits (in integer arithmetic, exact), ``lo`` the remainder."""
+  uint, drop = _HALF_DROP[x.dtype.itemsize]
+  bits = lax.bitcast_convert_type(x, uint)
+  rounded = (bits + uint(1 << (drop - 1))) & ~uint((1 << drop) - 1)
+  hi = lax.bitcast_convert_type(rounded, x.dtype)
+  return hi, x - hi
+
+
+def _rotated(values, partners, cos, sin):
+  """``cos * values + sin * partners``: the arithmetic of every rotation.
+
+  Every path (one matrix, a batch, parallel rounds, the replay of
+  :func:`apply_rotations`) computes a rotated entry with this function, so a
+  key gives the same bits alone, under ``jit`` and in any ``vmap``. A plain
+  ``cos * v + sin * p`` would not: XLA fuses one of its products into a
+  multiply-add (skipping that product's rounding) or not, and which one,
+  depending on the shape, the program and the optimisation level. Here
+  every factor is split into halves (:func:`_halves`), so all eight partial
+  products are exact and fusing any of them changes nothing; the sums run in
+  a fixed order (within two roundings of the exact ``cos v + sin p``).
+  """
+  (vh, vl), (ph, pl) = _halves(values), _halves(partners)
+  (ch, cl), (sh, sl) = _halves(cos), _halves(sin)
+  return ((ch * vh + sh * ph) + ((ch * vl + cl * vh) + (sh * pl + sl * ph))) + (
+      cl * vl + sl * pl)
 
 
 def _read_pair(columns, pair):
@@ -335,10 +373,12 @@ def _write_pair(columns, pair, new):
   return lax.dynamic_update_slice_in_dim(columns, new[1:], pair[1], 0)
 
 
-def _rotate_pair(columns, pair, cos, sin):
-  """Rotates columns ``pair`` of ``A`` (rows of ``columns``) by (cos, sin)."""
-  rotation = jnp.stack([jnp.stack([cos, sin]), jnp.stack([-sin, cos])])
-  return _write_pair(columns, pair, rotation @ _read_pair(columns, pair))
+def _rotate_pair(columns, pair, cos, sin, apply=True):
+  """Rotates columns ``pair`` of ``A`` (rows of ``columns``) by (cos, sin):
+  ``(cos a + sin b, cos b - sin a)``; leaves them as they are unless ``apply``."""
+  old = lax.optimization_barrier(_read_pair(columns, pair))
+  new = _rotated(old, old[::-1], cos, jnp.stack([sin, -sin])[:, None])
+  return _write_pair(columns, pair, jnp.where(apply, new, old))
 
 
 def _support_step(support, pair):
@@ -598,17 +638,17 @@ def _chunk_in_rounds(state: "_State", pairs, angles, target_nnz, undo_above, sha
   cos, sin = jnp.cos(angles), jnp.sin(angles)
 
   def value_round(r, columns):
-    # Column k becomes a_k A_lo + b_k A_hi, (lo, hi) its rotation's pair, in
-    # the order the sequential loop's 2x2 product sums them; untouched columns
-    # keep their values (a, b) = (1, 0).
+    # Column k becomes cos_k A_k + sin_k A_partner(k), sin_k = sin for the
+    # first column of its rotation and -sin for the second: the arithmetic
+    # of the one-by-one loop (:func:`_rotated`); untouched columns stay.
     partner, first, second = _round_partners(pairs, applied & (rounds == r), shape.cols)
-    is_second = jnp.zeros((shape.cols, 1), bool).at[second].set(True, mode="drop")
-    a = jnp.ones(shape.cols, dtype).at[first].set(cos, mode="drop").at[second].set(
-        -sin, mode="drop")[:, None]
-    b = jnp.zeros(shape.cols, dtype).at[first].set(sin, mode="drop").at[second].set(
+    touched = jnp.zeros(shape.cols, bool).at[first].set(True, mode="drop").at[second].set(
+        True, mode="drop")[:, None]
+    cos_k = jnp.ones(shape.cols, dtype).at[first].set(cos, mode="drop").at[second].set(
         cos, mode="drop")[:, None]
-    other = columns[partner]
-    return b * jnp.where(is_second, columns, other) + a * jnp.where(is_second, other, columns)
+    sin_k = jnp.zeros(shape.cols, dtype).at[first].set(sin, mode="drop").at[second].set(
+        -sin, mode="drop")[:, None]
+    return jnp.where(touched, _rotated(columns, columns[partner], cos_k, sin_k), columns)
 
   return _State(
       columns=lax.fori_loop(0, num_rounds, value_round, state.columns),
@@ -658,18 +698,19 @@ def _grow_supports(support, first, second):
   return support.at[second].set(union, unique_indices=True), grown
 
 
-def _rotate_rows(columns, first, second, cos, sin):
+def _rotate_rows(columns, first, second, cos, sin, apply):
   """Rotates rows ``first[b]``, ``second[b]`` of the flattened ``(B * C, R)``
-  columns by ``(cos[b], sin[b])``, in place."""
+  columns by ``(cos[b], sin[b])`` where ``apply[b]``, in place."""
   if first.shape[0] == 1:
-    return _rotate_pair(columns, jnp.stack([first[0], second[0]]), cos[0], sin[0])
+    return _rotate_pair(columns, jnp.stack([first[0], second[0]]), cos[0], sin[0], apply[0])
   # A batch reads its rows with one gather per column of the pairs: for 1000
   # matrices about twice as fast on the CPU as the gathers with batch
   # dimensions that vmapping the one-matrix loop's dynamic slices gives.
-  a, b = lax.optimization_barrier((columns[first], columns[second]))
-  cos, sin = cos[:, None], sin[:, None]
-  columns = columns.at[first].set(cos * a + sin * b, unique_indices=True)
-  return columns.at[second].set(-sin * a + cos * b, unique_indices=True)
+  old = jnp.stack(lax.optimization_barrier((columns[first], columns[second])))  # (2, B, R)
+  new = _rotated(old, old[::-1], cos[None, :, None], jnp.stack([sin, -sin])[:, :, None])
+  new = jnp.where(apply[None, :, None], new, old)
+  columns = columns.at[first].set(new[0], unique_indices=True)
+  return columns.at[second].set(new[1], unique_indices=True)
 
 
 def _loop_batch(keys, rows, cols, target_nnz, undo_above, scale, *, shape: CoreShape, dtype):
@@ -700,10 +741,8 @@ def _loop_batch(keys, rows, cols, target_nnz, undo_above, scale, *, shape: CoreS
       support, grown = _grow_supports(state.support, firsts[t], seconds[t])
       after = state.nnz + grown
       apply, reach = _stop_rule(state, after, target_nnz, undo_above)
-      cos = jnp.where(apply, coss[t], jnp.ones_like(coss[t]))
-      sin = jnp.where(apply, sins[t], jnp.zeros_like(sins[t]))
       return _State(
-          columns=_rotate_rows(state.columns, firsts[t], seconds[t], cos, sin),
+          columns=_rotate_rows(state.columns, firsts[t], seconds[t], coss[t], sins[t], apply),
           support=support,
           nnz=jnp.where(apply, after, state.nnz),
           done=state.done | reach,
@@ -771,13 +810,13 @@ def padded_core(key: Array, rows, cols, target_nnz, undo_above, scale=1.0, *,
 
   ``jax.vmap`` of this function runs one loop over the whole batch (each
   step rotates every matrix once, see :func:`_loop_batch`) rather than
-  vmapping one matrix's loop: the same rotations and stop, values within
-  one rounding per rotation.
+  vmapping one matrix's loop: the same rotations, stop and bits.
 
   With ``rounds`` each chunk is applied in parallel rounds instead
   (:func:`rotation_rounds`): the same rotations, the same stopping rotation
-  and the same matrix (each entry is computed by the same products and sums),
-  in a few dozen vectorised steps instead of one step per rotation.
+  and the same matrix bit for bit (each entry goes through the same
+  :func:`_rotated` steps), in a few dozen vectorised steps instead of one
+  step per rotation.
 
   Args:
     key: a ``jax.random`` key.

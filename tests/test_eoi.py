@@ -141,11 +141,36 @@ def test_jit_vmap_and_eval_shape():
   assert stacked_w.shape == (6,) + shape
   for i in range(6):
     w, m = eoi_jax.sparse_orthogonal(keys[i], shape, density)
-    np.testing.assert_allclose(stacked_w[i], w, atol=1e-6)
+    np.testing.assert_array_equal(stacked_w[i], w)
     np.testing.assert_array_equal(stacked_m[i], m)
   out = jax.eval_shape(lambda k: eoi_jax.sparse_orthogonal(k, (4096, 2048), 0.1), keys[0])
   assert out[0].shape == (4096, 2048) and out[0].dtype == jnp.float32
   assert out[1].shape == (4096, 2048) and out[1].dtype == jnp.bool_
+
+
+def _bits(x):
+  return np.asarray(x, np.float32).view(np.uint32)  # -0.0 and 0.0 differ
+
+
+def test_same_bits_for_a_key_alone_under_jit_and_in_any_vmap():
+  # A stack initialised in one call and a layer initialised alone get the
+  # same weights, bit for bit, dense and conv, for every batch size.
+  keys = jax.random.split(jax.random.key(3), 5)
+  makers = [lambda k: eoi_jax.sparse_orthogonal(k, (48, 80), 0.3, gain=1.5),
+            lambda k: eoi_jax.sparse_delta_orthogonal(k, (3, 3, 16, 24), 0.2)]
+  for make in makers:
+    alone = [make(k) for k in keys]
+    for i, (w, m) in enumerate(zip(*jax.jit(jax.vmap(make))(keys))):
+      np.testing.assert_array_equal(_bits(w), _bits(alone[i][0]))
+      np.testing.assert_array_equal(m, alone[i][1])
+    stacked, _ = jax.vmap(make)(keys[:2])
+    for i in range(2):
+      np.testing.assert_array_equal(_bits(stacked[i]), _bits(alone[i][0]))
+    np.testing.assert_array_equal(_bits(jax.jit(make)(keys[4])[0]), _bits(alone[4][0]))
+  batch, _ = eoi_jax.eoi_batch(keys, (64, 64), np.full(5, 0.2))
+  for i in range(5):
+    np.testing.assert_array_equal(_bits(batch[i]), _bits(eoi_jax.sparse_orthogonal(
+        keys[i], (64, 64), 0.2)[0]))
 
 
 def test_eval_shape_compiles_and_runs_nothing():
