@@ -388,3 +388,44 @@ def test_model_fields_a_model_does_not_take_are_errors(tmp_path, capsys):
   assert cli.main(["train", "--config", "cifar10_resnet32", "--depth", "20"]) == 2
   err = capsys.readouterr().err
   assert err.count("\n") == 1 and "does not take depth" in err
+
+
+def test_a_run_alone_and_in_a_group_write_the_same_record(tmp_path):
+  from eoi_jax.training import loop
+
+  config = dict(seed=5, init="eoi", density=0.25, jacobian=True)
+  compiled = loop.jacobian_stats._cache_size()
+  alone = train_and_evaluate(_config(tmp_path, "alone", **config))
+  together = multirun.train_runs([_config(tmp_path, "t0", **config),
+                                  _config(tmp_path, "t1", seed=6, init="uniform")])
+  for result in (alone, together[0]):
+    lines = [json.loads(l) for l in
+             (Path(result.summary["run_dir"]) / "metrics.jsonl").read_text().splitlines()]
+    assert lines == result.history and [r["epoch"] for r in lines] == [0, 1]
+    assert "compile_s" in lines[0] and "compile_s" not in lines[1]
+    # The run's share of the epochs' wall time, compilation apart.
+    assert result.summary["wall_time_s"] == pytest.approx(sum(r["run_time_s"] for r in lines))
+    assert result.summary["compile_time_s"] == pytest.approx(lines[0]["compile_s"])
+  assert set(alone.history[0]) == set(together[0].history[0])
+  assert set(alone.history[1]) == set(together[0].history[1])
+  assert set(alone.summary) - {"run_dir"} == set(together[0].summary) - {"run_dir"}
+  assert alone.history[0]["runs_per_step"] == 1 and together[0].history[0]["runs_per_step"] == 2
+  # The Jacobian program: compiled once for this network shape, whatever the
+  # number of runs, epochs or groups.
+  assert loop.jacobian_stats._cache_size() - compiled <= 2  # one run squeezed, a group vmapped
+
+
+def test_hook_triggers_fire_on_steps_seconds_and_epoch_events():
+  from eoi_jax.training import hooks
+
+  every = hooks.Trigger(every_steps=3)
+  assert [s for s in range(1, 10) if every.due(hooks.STEP, s)] == [3, 6, 9]
+  assert not every.due(hooks.EPOCH_END, 4) and not every.due(hooks.EPOCH_START, 4)
+  ends = hooks.Trigger(epoch_end=True)
+  assert ends.due(hooks.EPOCH_END, 5) and not ends.due(hooks.STEP, 5)
+  assert hooks.Trigger(epoch_start=True).due(hooks.EPOCH_START, 0)
+  timed = hooks.Trigger(every_secs=0.0)
+  assert timed.due(hooks.STEP, 1) and timed.due(hooks.STEP, 2)
+  assert not hooks.Trigger(every_secs=3600).due(hooks.STEP, 1)
+  with pytest.raises(ValueError, match="every_steps"):
+    hooks.Trigger(every_steps=0)

@@ -205,6 +205,7 @@ def create_train_state(config: Config, info: data.DatasetInfo, init_batch, steps
       center_density=config.center_density, structured=config.structured,
       ai_steps=config.ai_steps, sao_degree=config.sao_degree)
   nnx.update(model, out.params)
+  models.use_explicit_backward(model)
   tx = make_optimizer(config, out.masks, steps_per_epoch)
   model.train()
   train_graph, params, other = nnx.split(model, nnx.Param, ...)
