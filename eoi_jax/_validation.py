@@ -93,3 +93,59 @@ def check_shape(shape, ndims: Sequence[int], name: str = "shape") -> tuple[int, 
       raise ValueError(f"{name} dimensions must be positive ints, got {shape!r}")
     out.append(int(d))
   return tuple(out)
+
+
+_KEY_KINDS = ("a jax.random key (jax.random.key(seed)) or a raw uint32[2] key "
+              "(jax.random.PRNGKey(seed))")
+
+
+def _described(value) -> str:
+  """What was passed, for an error message: ``uint32[3]``, ``key<fry>[4]``, ``int 3``."""
+  if hasattr(value, "dtype") and hasattr(value, "shape"):
+    return f"{value.dtype}{list(value.shape)}"
+  return f"{type(value).__name__} {value!r}"
+
+
+def _key_batch(key, name: str) -> tuple[int, ...]:
+  """The batch shape of an array of keys (``()`` for one key); ``TypeError`` or
+  ``ValueError`` naming ``name`` for anything that is not keys."""
+  if not (hasattr(key, "dtype") and hasattr(key, "shape")):
+    raise TypeError(f"{name} must be {_KEY_KINDS}, got {_described(key)}")
+  shape = tuple(key.shape)
+  if jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):
+    return shape
+  if key.dtype != np.uint32:
+    raise TypeError(f"{name} must be {_KEY_KINDS}, got {_described(key)}")
+  if not shape or shape[-1] != 2:
+    raise ValueError(f"{name} must be {_KEY_KINDS}: a raw key is two uint32 words, got "
+                     f"{_described(key)} (wrap other key data with jax.random.wrap_key_data)")
+  return shape[:-1]
+
+
+def check_key(key, name: str = "key"):
+  """Returns ``key`` after checking it is one ``jax.random`` key.
+
+  A typed key of shape ``()`` or a raw ``uint32[2]`` key; under ``jax.vmap``
+  each example's key is one. Only the shape and dtype are read, so traced
+  keys (under ``jit`` and ``vmap``) are checked alike.
+  """
+  batch = _key_batch(key, name)
+  if batch:
+    raise ValueError(
+        f"{name} must be one key, got a batch of {math.prod(batch)} keys ({_described(key)}): "
+        "call the function under jax.vmap over the keys (or use eoi_batch for a stack of "
+        "kernels)")
+  return key
+
+
+def check_keys(keys, count: int, name: str = "keys"):
+  """Returns ``keys`` after checking it holds ``count`` keys along one axis
+  (typed ``(count,)`` or raw ``uint32[count, 2]``)."""
+  batch = _key_batch(keys, name)
+  if len(batch) != 1:
+    raise ValueError(f"{name} must be one axis of keys (typed (n,) or uint32[n, 2]), got "
+                     f"{_described(keys)}")
+  if batch[0] != count:
+    raise ValueError(f"{name} must hold one key per kernel ({count} densities), got "
+                     f"{batch[0]} keys")
+  return keys

@@ -305,6 +305,7 @@ def rotation_sequence(
     >>> pairs.shape, angles.shape
     ((3, 2), (3,))
   """
+  key = _validation.check_key(key)
   if int(num_cols) < 2:
     raise ValueError(f"num_cols must be >= 2, got {num_cols}")
   if int(num_rotations) < 0:
@@ -426,7 +427,6 @@ def apply_rotations(
   return columns.T
 
 
-@functools.partial(jax.jit, static_argnames=("rows", "cols", "num_rotations"))
 def support_trajectory(key: Array, rows: int, cols: int, num_rotations: int) -> Array:
   """Number of non-zeros after each of the first ``num_rotations`` rotations.
 
@@ -442,6 +442,12 @@ def support_trajectory(key: Array, rows: int, cols: int, num_rotations: int) -> 
     int32 ``(num_rotations + 1,)``; entry ``t`` is the non-zero count after
     ``t`` rotations (entry 0 is ``rows``).
   """
+  return _support_trajectory(_validation.check_key(key), int(rows), int(cols),
+                             int(num_rotations))
+
+
+@functools.partial(jax.jit, static_argnames=("rows", "cols", "num_rotations"))
+def _support_trajectory(key, rows, cols, num_rotations):
   pairs, _ = _rotation_sequence(key, cols, num_rotations, jnp.dtype(jnp.float32))
   _, grown = lax.scan(_support_step, _packed_identity(rows, cols), pairs)
   return jnp.concatenate([jnp.array([rows], jnp.int32), rows + jnp.cumsum(grown)])
@@ -866,6 +872,7 @@ def givens_core(
   Returns:
     A :class:`GivensResult`.
   """
+  key = _validation.check_key(key)
   r, c = int(rows), int(cols)
   if r > c:
     raise ValueError(f"rows must be <= cols, got {rows} x {cols}")
@@ -904,6 +911,7 @@ def givens_orthogonal(
     >>> res.matrix.shape
     (64, 128)
   """
+  key = _validation.check_key(key)
   r, c = _validation.check_shape((rows, cols), (2,), name="(rows, cols)")
   if r > c:
     raise ValueError(f"rows must be <= cols, got rows={r}, cols={c}")

@@ -62,6 +62,7 @@ class _Options:
     kinds.check_arguments(**self.axes)
 
   def generate(self, key, shape, dtype=jnp.float32):
+    key = _validation.check_key(key)
     shape = _validation.check_shape(shape, range(2, 9))
     kind = kinds.resolve(shape, **self.axes)
     if not kind.conv and (self.center_density is not None or self.structured):

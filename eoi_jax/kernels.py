@@ -152,6 +152,7 @@ def sparse_orthogonal(
     >>> w.shape, m.dtype
     ((256, 128), dtype('bool'))
   """
+  key = _validation.check_key(key)
   shape = _validation.check_shape(shape, (2,))
   d = _validation.check_density(density)
   _validation.check_gain(gain)
@@ -203,6 +204,7 @@ def sparse_delta_orthogonal(
     >>> int(m.sum()) == round(0.1 * k.size)
     True
   """
+  key = _validation.check_key(key)
   shape = check_kernel_shape(shape, (3, 4, 5))
   d = _validation.check_density(density)
   _validation.check_gain(gain)
@@ -529,6 +531,7 @@ def eoi_batch(keys, shape, densities, *, gain=1.0, center_density=None, structur
   densities = np.asarray(densities, np.float64).reshape(-1)
   for d in densities:
     _validation.check_density(d, name="densities")
+  keys = _validation.check_keys(keys, len(densities))
   _validation.check_gain(gain)
   if len(shape) == 2 and (center_density is not None or structured):
     raise ValueError(f"conv options do not apply to 2-D shape {shape}")

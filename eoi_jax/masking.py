@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from eoi_jax import layers
+from eoi_jax import _validation, layers
 from eoi_jax.counts import count_for_density
 from eoi_jax.layers import Filter, Layout, Stacked
 from eoi_jax.topk import keep_top
@@ -164,6 +164,7 @@ def random_masks(key, params, densities, filter: Filter | None = None, stacked: 
   Returns:
     A mask tree.
   """
+  key = _validation.check_key(key)
   layout = layers.resolve(params, filter, stacked, layout)
   dens = layout.check_densities(densities)
   return masks_from_scores(layout, params, random_scores(key, layout), dens)

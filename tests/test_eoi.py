@@ -312,3 +312,48 @@ def test_conv_vmap_over_keys():
     k, m = eoi_jax.sparse_delta_orthogonal(keys[i], (3, 3, 8, 8), 0.2)
     np.testing.assert_allclose(kernels[i], k, atol=1e-6)
     np.testing.assert_array_equal(masks[i], m)
+
+
+BAD_KEYS = [
+    (jnp.zeros(3, jnp.uint32), ValueError, r"key.*uint32\[3\]"),
+    (jnp.zeros(1, jnp.uint32), ValueError, r"key.*uint32\[1\]"),
+    (jnp.zeros(2, jnp.int32), TypeError, r"key.*int32\[2\]"),
+    (3, TypeError, r"key.*int 3"),
+    (None, TypeError, r"key.*None"),
+    (jax.random.split(jax.random.key(0), 4), ValueError, r"key.*batch of 4 keys.*jax.vmap"),
+    (jax.random.split(jax.random.PRNGKey(0), 4), ValueError, r"key.*batch of 4 keys.*jax.vmap"),
+]
+
+
+@pytest.mark.parametrize("bad,error,match", BAD_KEYS)
+def test_every_generator_checks_its_key(bad, error, match):
+  from eoi_jax.initializers import eoi, eoi_mask
+  calls = [lambda k: eoi_jax.sparse_orthogonal(k, (8, 8), 0.5),
+           lambda k: eoi_jax.sparse_delta_orthogonal(k, (3, 3, 4, 4), 0.5),
+           lambda k: eoi_jax.givens_orthogonal(k, 4, 8, 0.5),
+           lambda k: eoi_jax.rotation_sequence(k, 8, 3),
+           lambda k: givens.support_trajectory(k, 4, 8, 3),
+           lambda k: eoi(0.5)(k, (8, 8)),
+           lambda k: eoi_mask(0.5)(k, (8, 8))]
+  for call in calls:
+    with pytest.raises(error, match=match):
+      call(bad)
+  # Under jit a key is a tracer: its shape and dtype are checked alike.
+  if not isinstance(bad, (int, type(None))):
+    with pytest.raises(error, match=match):
+      jax.jit(calls[0])(bad)
+
+
+def test_keys_of_a_batch_are_checked_and_valid_keys_pass_everywhere():
+  with pytest.raises(ValueError, match=r"keys.*5 densities.*got 4 keys"):
+    eoi_jax.eoi_batch(jax.random.split(jax.random.key(0), 4), (8, 8), np.full(5, 0.5))
+  with pytest.raises(ValueError, match=r"keys.*uint32\[4, 3\]"):
+    eoi_jax.eoi_batch(jnp.zeros((4, 3), jnp.uint32), (8, 8), np.full(4, 0.5))
+  with pytest.raises(TypeError, match=r"keys.*int 0"):
+    eoi_jax.eoi_batch(0, (8, 8), np.full(4, 0.5))
+  # Typed and raw uint32[2] keys, alone, under jit, and one per example under vmap.
+  for keys in (jax.random.split(jax.random.key(1), 3), jax.random.split(jax.random.PRNGKey(1), 3)):
+    make = lambda k: eoi_jax.sparse_orthogonal(k, (8, 8), 0.5)[0]
+    np.testing.assert_array_equal(jax.jit(make)(keys[0]), make(keys[0]))
+    np.testing.assert_array_equal(jax.vmap(make)(keys)[2], make(keys[2]))
+    eoi_jax.eoi_batch(keys, (8, 8), np.full(3, 0.5))

@@ -166,3 +166,30 @@ def test_the_layer_view_is_built_once_per_call(monkeypatch):
     built.clear()
     methods.initialize_model(method, jax.random.key(0), model, 0.25, batch=batch, ai_steps=2)
     assert built == [3], method
+
+
+@pytest.mark.parametrize("bad,error,match", [
+    (jnp.zeros(3, jnp.uint32), ValueError, r"key.*uint32\[3\]"),
+    (7, TypeError, r"key.*int 7"),
+    (None, TypeError, r"key.*None"),
+    (jax.random.split(jax.random.key(0), 2), ValueError, r"key.*batch of 2 keys"),
+])
+def test_every_network_entry_checks_its_key(bad, error, match):
+  from eoi_jax.methods import sao
+  model = _mlp()
+  params = nnx.state(model, nnx.Param)
+  dens = allocation.uniform(params, 0.3)
+  masks = masking.full_masks(params)
+  calls = [lambda k: methods.eoi_params(k, params, dens),
+           lambda k: methods.initialize("erk", k, params, 0.3),
+           lambda k: methods.initialize_model("eoi", k, model, 0.3),
+           lambda k: masking.random_masks(k, params, dens),
+           lambda k: dense.orthogonal_params(k, params),
+           lambda k: dense.sparse_kaiming(k, params, masks),
+           lambda k: dense.delta_orthogonal(k, (3, 3, 4, 4)),
+           lambda k: dense.block_orthogonal_conv(k, (3, 3, 4, 4)),
+           lambda k: sao.sao_kernel(k, (8, 8), degree=2),
+           lambda k: sao.sao_params(k, params, degree=8)]
+  for call in calls:
+    with pytest.raises(error, match=match):
+      call(bad)

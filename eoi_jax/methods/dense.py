@@ -26,6 +26,7 @@ from eoi_jax.methods.network import per_matrix, regenerate_layers
 
 def delta_orthogonal(key, shape, gain=1.0, dtype=jnp.float32):
   """Orthogonal ``(in, out)`` matrix at the centre tap of ``(*spatial, in, out)``."""
+  key = _validation.check_key(key)
   shape = tuple(shape)
   center = jax.nn.initializers.orthogonal(gain)(key, shape[-2:], jnp.float32)
   return kernels.place_at_center(center.astype(dtype), shape)
@@ -86,6 +87,7 @@ def block_orthogonal_conv(key, shape, gain=1.0, dtype=jnp.float32):
   Returns:
     The kernel; with circular padding, ``||conv(x)|| = gain * ||x||``.
   """
+  key = _validation.check_key(key)
   shape = _validation.check_shape(shape, (4,))
   k, k2, cin, cout = shape
   if k != k2:
@@ -118,6 +120,7 @@ def sparse_kaiming(key, params, masks, *, gain=2.0 ** 0.5, filter: Filter | None
     gain: ``sqrt(2)`` for ReLU (Kaiming), 1 for linear/tanh.
     filter, stacked, kinds, layout: as in :func:`eoi_jax.layers.resolve`.
   """
+  key = _validation.check_key(key)
   _validation.check_gain(gain)
   layout = layers.resolve(params, filter, stacked, layout, kinds)
   index = {name: i for i, name in enumerate(layout.names)}
@@ -151,6 +154,7 @@ def orthogonal_params(key, params, *, gain=1.0, bias_std=0.0, filter: Filter | N
   Returns:
     The new params tree.
   """
+  key = _validation.check_key(key)
   layout = layers.resolve(params, filter, stacked, layout, kinds)
   return orthogonal_network(key, params, layout, _validation.check_gain(gain),
                             _validation.check_non_negative(bias_std, "bias_std"))

@@ -93,6 +93,7 @@ def eoi_params(key, params, densities: Mapping[str, object], *, gain=1.0, bias_s
   Returns:
     A :class:`SparseInit` ``(params, masks, summary)``.
   """
+  key = _validation.check_key(key)
   layout = layers.resolve(params, filter, stacked, layout, kinds)
   options = EOIOptions.checked(gain, bias_std, center_density, structured)
   return eoi_network(key, params, layout, layout.check_densities(densities, positive=True),

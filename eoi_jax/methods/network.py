@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from eoi_jax import givens, kinds, summary
+from eoi_jax import _validation, givens, kinds, summary
 from eoi_jax.layers import Layout, named_leaves, path_name, placed_like
 
 
@@ -133,7 +133,7 @@ def regenerate_layers(key, params, layout: Layout, generate: Generate, *, bias_s
     returned masks, else ``None``.
   """
   counts = [layer.num_layers for layer in layout.layers]
-  keys, bias_key = _network_keys(key, sum(counts))
+  keys, bias_key = _network_keys(_validation.check_key(key), sum(counts))
   starts = np.cumsum([0] + counts)
   generated = generate({name: LayerKeys(keys, np.arange(a, a + n))
                         for name, a, n in zip(layout.names, starts, counts)}, layout)

@@ -273,6 +273,7 @@ def initialize(method: str, key, params, density, *, apply_fn: Callable | None =
       it, or a layer SAO cannot build.
   """
   chosen = parse(method)
+  key = _validation.check_key(key)
   if allocator not in allocation.ALLOCATORS:
     raise ValueError(f"allocator must be one of {sorted(allocation.ALLOCATORS)}, "
                      f"got {allocator!r}")

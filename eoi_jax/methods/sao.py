@@ -135,6 +135,7 @@ def sao_kernel(key, shape, *, degree: int | None = None, density=None, gain=1.0,
   Example:
     >>> w, m = sao_kernel(jax.random.key(0), (3, 3, 64, 128), density=0.125)
   """
+  key = _validation.check_key(key)
   shape = check_kernel_shape(shape)
   _check_one_of(degree, density)
   degree = check_degree(shape, degree) if degree is not None else degree_for_density(shape,
@@ -183,6 +184,7 @@ def sao_params(key, params, *, density=None, degree: int | None = None,
     ValueError: a sparse layer admits no such degree (the message names the
       layer and lists its valid degrees), or ``dense`` names no maskable layer.
   """
+  key = _validation.check_key(key)
   _check_one_of(degree, density)
   layout = layers.resolve(params, filter, stacked, layout, kinds)
   degrees = layer_degrees(layout, density=density, degree=degree, dense=dense)
