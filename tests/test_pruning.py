@@ -164,3 +164,57 @@ def test_top_count_selection_equals_a_stable_sort(dtype, x64):
         expected[order[:count]] = True
         np.testing.assert_array_equal(np.asarray(keep_top(scores, count, largest=largest)),
                                       expected)
+
+
+def _regression(outputs):
+  k = jax.random.split(jax.random.key(5), 2)
+  params = {"fc1": {"kernel": jax.random.normal(k[0], (6, 8))},
+            "fc2": {"kernel": jax.random.normal(k[1], (8, outputs))}}
+  apply_fn = lambda p, x: jnp.tanh(x @ p["fc1"]["kernel"]) @ p["fc2"]["kernel"]
+  return params, apply_fn
+
+
+@pytest.mark.parametrize("method", ["snip", "grasp"])
+def test_targets_the_default_loss_cannot_score_ask_for_loss_fn(method):
+  prune = getattr(pruning, method)
+  x = jax.random.normal(jax.random.key(1), (16, 6))
+  params, apply_fn = _regression(1)
+  # One output: softmax cross-entropy is identically zero, every score 0.
+  for targets in (jax.random.normal(jax.random.key(2), (16, 1)), jnp.zeros(16, jnp.int32)):
+    with pytest.raises(ValueError, match="one output.*loss_fn"):
+      prune(params, apply_fn, (x, targets), 0.3)
+  params, apply_fn = _regression(3)
+  bad_targets = {
+      "regression values": (jax.random.normal(jax.random.key(3), (16, 3)), "distributions"),
+      "labels out of range": (jnp.arange(16) % 4, r"labels in \[0, 3\)"),
+      "negative labels": (-(jnp.arange(16) % 3), r"labels in \[0, 3\)"),
+  }
+  for targets, match in bad_targets.values():
+    with pytest.raises(ValueError, match=f"{match}.*loss_fn"):
+      prune(params, apply_fn, (x, targets), 0.3)
+  # A loss_fn scores them; one-hot and soft targets work with the default.
+  mse = lambda out, batch: jnp.mean((out - batch[1]) ** 2)
+  masks = prune(params, apply_fn, (x, bad_targets["regression values"][0]), 0.3, loss_fn=mse)
+  assert _flat_any(masks) == round(0.3 * (48 + 24))
+  soft = jax.nn.softmax(jax.random.normal(jax.random.key(4), (16, 3)))
+  prune(params, apply_fn, (x, soft), 0.3)
+  prune(params, apply_fn, (x, jax.nn.one_hot(jnp.arange(16) % 3, 3)), 0.3)
+
+
+def _flat_any(masks):
+  return sum(int(np.asarray(m).sum()) for m in jax.tree.leaves(masks) if np.ndim(m))
+
+
+@pytest.mark.parametrize("method", ["snip", "grasp"])
+def test_all_zero_or_non_finite_scores_are_an_error_never_a_mask(method):
+  from eoi_jax import methods
+  prune = getattr(pruning, method)
+  params, batch = _tiny(), _batch()
+  constant = lambda out, b: 0.0 * jnp.sum(out) + 1.0
+  with pytest.raises(ValueError, match="every score is zero.*loss_fn"):
+    prune(params, _apply, batch, 0.3, loss_fn=constant)
+  with pytest.raises(ValueError, match="not finite"):
+    prune(params, _apply, batch, 0.3, loss_fn=lambda out, b: jnp.sum(jnp.sqrt(out - 100.0)))
+  with pytest.raises(ValueError, match="every score is zero"):
+    methods.initialize(method, jax.random.key(0), params, 0.3, apply_fn=_apply, batch=batch,
+                       loss_fn=constant)

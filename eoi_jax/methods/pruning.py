@@ -12,6 +12,11 @@ they work with any model, e.g. for NNX:
   >>> masks = snip(params, apply_fn, (x, t), 0.1,
   ...              loss_fn=lambda out, batch: ((out - batch[1]) ** 2).mean())
 
+The default loss is softmax cross-entropy; targets it cannot score (one
+output, labels out of range, float targets that are not distributions) raise
+an error asking for ``loss_fn``, and all-zero or non-finite scores are an
+error, never a mask.
+
 The per-layer densities a method realises can then be regenerated with EOI
 ("method + EOI"): ``eoi_params(key, params, mask_densities(params, masks))``.
 
@@ -31,6 +36,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from eoi_jax import _validation, layers, masking
@@ -46,21 +52,63 @@ def _maskable(params, filter, stacked, layout) -> Layout:
   return layout
 
 
+_PASS_LOSS_FN = ("pass loss_fn=(logits, batch) -> scalar for other targets (e.g. the mean "
+                 "squared error for regression)")
+
+
+def _check_target_shapes(logits_shape, targets):
+  """The checks of :func:`classification_loss` that shapes and dtypes decide."""
+  if logits_shape[-1:] == (1,):
+    raise ValueError(f"the default loss (softmax cross-entropy) is identically zero for a model "
+                     f"with one output (logits {tuple(logits_shape)}): every score would be 0; "
+                     f"{_PASS_LOSS_FN}")
+  if jnp.issubdtype(targets.dtype, jnp.integer):
+    if targets.shape != logits_shape[:-1]:
+      raise ValueError(f"integer labels must have shape {logits_shape[:-1]} (one per example), "
+                       f"got {targets.shape}; {_PASS_LOSS_FN}")
+    return
+  if not (jnp.issubdtype(targets.dtype, jnp.floating) and targets.shape == logits_shape):
+    raise TypeError(f"targets must be integer labels of shape {logits_shape[:-1]} or one-hot "
+                    f"floats of shape {logits_shape}, got {targets.dtype}{list(targets.shape)}; "
+                    f"{_PASS_LOSS_FN}")
+
+
+def check_classification_targets(logits_shape, targets):
+  """Checks that :func:`classification_loss` can score ``targets`` against
+  logits of ``logits_shape``: more than one output, and integer labels in
+  ``[0, classes)`` or float rows that are distributions (non-negative, summing
+  to 1: one-hot or soft labels). ``ValueError``/``TypeError`` asking for
+  ``loss_fn`` otherwise. Values are read only when ``targets`` is concrete."""
+  _check_target_shapes(tuple(logits_shape), targets)
+  if _validation.is_tracer(targets):
+    return
+  values = np.asarray(targets)
+  classes = logits_shape[-1]
+  if np.issubdtype(values.dtype, np.integer):
+    if values.size and (values.min() < 0 or values.max() >= classes):
+      raise ValueError(f"the default loss needs integer labels in [0, {classes}), got labels in "
+                       f"[{values.min()}, {values.max()}]; {_PASS_LOSS_FN}")
+    return
+  rows = values.astype(np.float64).reshape(-1, classes)
+  # A float32 sum of `classes` terms is within classes * 2**-24 of the exact one.
+  if rows.size and (np.any(rows < 0) or not np.all(np.isfinite(rows)) or np.any(
+      np.abs(rows.sum(axis=1) - 1.0) > 1e-6 + classes * 2.0**-23)):
+    raise ValueError("the default loss needs float targets that are distributions over the "
+                     "classes (non-negative rows summing to 1: one-hot or soft labels); got "
+                     f"other values; {_PASS_LOSS_FN}")
+
+
 def classification_loss(logits, batch):
   """Mean softmax cross-entropy of ``logits`` against ``batch[1]``: integer
-  class labels ``(batch,)`` or one-hot / soft targets of ``logits``' shape.
-  The default ``loss_fn`` of :func:`snip` and :func:`grasp`."""
+  class labels ``(batch,)`` or one-hot / soft targets of ``logits``' shape,
+  for a model with more than one output. The default ``loss_fn`` of
+  :func:`snip` and :func:`grasp` (which check the targets' values first,
+  :func:`check_classification_targets`)."""
   targets = batch[1]
+  _check_target_shapes(logits.shape, targets)
   if jnp.issubdtype(targets.dtype, jnp.integer):
-    if targets.shape != logits.shape[:-1]:
-      raise ValueError(f"integer labels must have shape {logits.shape[:-1]} (one per example), "
-                       f"got {targets.shape}; pass loss_fn for other targets")
     return optax.softmax_cross_entropy_with_integer_labels(logits, targets).mean()
-  if jnp.issubdtype(targets.dtype, jnp.floating) and targets.shape == logits.shape:
-    return optax.softmax_cross_entropy(logits, targets).mean()
-  raise TypeError(f"targets must be integer labels of shape {logits.shape[:-1]} or one-hot "
-                  f"floats of shape {logits.shape}, got {targets.dtype}{list(targets.shape)}; "
-                  "pass loss_fn=(logits, batch) -> scalar for other losses (e.g. regression)")
+  return optax.softmax_cross_entropy(logits, targets).mean()
 
 
 def check_loss_fn(loss_fn):
@@ -98,16 +146,46 @@ def snip(params, apply_fn, batch, density, *, loss_fn=None, filter: Filter | Non
                       _maskable(params, filter, stacked, layout), check_loss_fn(loss_fn))
 
 
+def _checked_default_targets(params, apply_fn, batch, loss_fn):
+  """Checks the targets when ``loss_fn`` is the default :func:`classification_loss`."""
+  if loss_fn is classification_loss:
+    logits = jax.eval_shape(apply_fn, params, batch[0])
+    check_classification_targets(logits.shape, batch[1])
+
+
+def _score_summary(scores):
+  """``(scores, all zero, all finite)``: what :func:`_checked_scores` reads."""
+  return scores, jnp.all(scores == 0), jnp.all(jnp.isfinite(scores))
+
+
+def _checked_scores(method: str, scored):
+  """The scores of :func:`_score_summary`'s output; ``ValueError`` when every
+  score is zero (the mask would be the first entries in order) or one is
+  not finite."""
+  scores, all_zero, finite = scored
+  if not bool(finite):
+    raise ValueError(f"{method}: some scores are not finite (NaN or infinity): the loss or its "
+                     "gradient overflows on this batch; check the batch and loss_fn")
+  if bool(all_zero):
+    raise ValueError(f"{method}: every score is zero: the loss does not change with the "
+                     "maskable weights on this batch, so any mask would be arbitrary; pass a "
+                     "loss_fn=(logits, batch) -> scalar that depends on the model's outputs")
+  return scores
+
+
 def snip_network(params, apply_fn, batch, d: float, layout: Layout,
                  loss_fn=classification_loss):
   """:func:`snip` on checked arguments."""
+  _checked_default_targets(params, apply_fn, batch, loss_fn)
 
   @jax.jit
   def scores(params, x, y):
     grads = jax.grad(lambda p: loss_fn(apply_fn(p, x), (x, y)))(params)
-    return layout.flatten(jax.tree.map(lambda g, w: jnp.abs(g * w), grads, params))
+    return _score_summary(layout.flatten(jax.tree.map(lambda g, w: jnp.abs(g * w), grads,
+                                                      params)))
 
-  keep = keep_top(scores(params, *batch), count_for_density(d, layout.total_size))
+  keep = keep_top(_checked_scores("snip", scores(params, *batch)),
+                  count_for_density(d, layout.total_size))
   return layout.unflatten(keep, params)
 
 
@@ -132,6 +210,7 @@ def grasp(params, apply_fn, batch, density, *, temperature: float = 200.0, loss_
 def grasp_network(params, apply_fn, batch, d: float, layout: Layout, temperature=200.0,
                   loss_fn=classification_loss):
   """:func:`grasp` on checked arguments."""
+  _checked_default_targets(params, apply_fn, batch, loss_fn)
 
   @jax.jit
   def scores(params, x, y):
@@ -139,10 +218,10 @@ def grasp_network(params, apply_fn, batch, d: float, layout: Layout, temperature
     grad_fn = jax.grad(loss)
     g = jax.lax.stop_gradient(grad_fn(params))
     _, hg = jax.jvp(grad_fn, (params,), (g,))
-    return layout.flatten(jax.tree.map(lambda w, h: -w * h, params, hg))
+    return _score_summary(layout.flatten(jax.tree.map(lambda w, h: -w * h, params, hg)))
 
-  keep = keep_top(scores(params, *batch), count_for_density(d, layout.total_size),
-                  largest=False)
+  keep = keep_top(_checked_scores("grasp", scores(params, *batch)),
+                  count_for_density(d, layout.total_size), largest=False)
   return layout.unflatten(keep, params)
 
 
