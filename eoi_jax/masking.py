@@ -1,10 +1,12 @@
 """Mask trees and mask makers.
 
 A *mask tree* has the structure of its params tree (see :mod:`eoi_jax.layers`):
-each maskable leaf holds a bool array of the leaf's shape (``True`` =
+each maskable leaf holds a bool array of exactly the leaf's shape (``True`` =
 trainable weight), every other leaf holds ``None`` (not masked), as in
-jaxpruner. Everything that takes a mask tree also accepts a scalar ``True``
-there (the old convention). :func:`to_jaxpruner`/:func:`from_jaxpruner` and
+jaxpruner. A scalar ``True`` in place of ``None`` (an older convention) is
+accepted and read as ``None``; anything else (a mask of another shape, to be
+broadcast, a 0/1 array, a scalar ``False``) is an error naming the leaf
+(:func:`check_masks`). :func:`to_jaxpruner`/:func:`from_jaxpruner` and
 :func:`to_optax_masked`/:func:`from_optax_masked` convert to and from the
 other conventions.
 
@@ -39,20 +41,69 @@ def _is_unmasked(mask) -> bool:
 
 
 def check_masks(params, masks) -> list:
-  """The mask of each leaf of ``params`` (``None`` where unmasked); ``ValueError``
-  when ``masks`` does not have the structure of ``params``."""
+  """The mask of each leaf of ``params``, in flattening order, after checking it.
+
+  Args:
+    params: the params tree.
+    masks: its mask tree.
+
+  Returns:
+    A list: ``None`` for an unmasked leaf (``None``, or a concrete scalar
+    ``True``), else the leaf's mask.
+
+  Raises:
+    ValueError: ``masks`` does not have the structure of ``params``, or a
+      mask's shape differs from its parameter's (no broadcasting); the
+      message names the leaf's path and both shapes.
+    TypeError: a mask that is not a bool array.
+  """
   try:
-    return jax.tree.structure(params).flatten_up_to(masks)
+    mask_leaves = jax.tree.structure(params).flatten_up_to(masks)
   except (ValueError, TypeError) as e:
     raise ValueError(f"masks must have the structure of the params ({e})") from None
+  out = []
+  for (path, param), mask in zip(jax.tree_util.tree_leaves_with_path(params), mask_leaves):
+    if _is_unmasked(mask):
+      out.append(None)
+      continue
+    name = layers.path_name(path)
+    if not (hasattr(mask, "shape") and hasattr(mask, "dtype")) or isinstance(mask, np.bool_):
+      if isinstance(mask, (bool, np.bool_)):
+        raise ValueError(f"masks[{name!r}] is {mask!r}: a mask leaf is None (not masked) or a "
+                         f"bool array of its parameter's shape {tuple(jnp.shape(param))}")
+      raise TypeError(f"masks[{name!r}] must be None or a bool array, got "
+                      f"{type(mask).__name__}")
+    if mask.dtype != np.bool_:
+      raise TypeError(f"masks[{name!r}] must be a bool array (True = trainable), got "
+                      f"{mask.dtype}; convert 0/1 masks with eoi_jax.masking.from_jaxpruner")
+    if tuple(mask.shape) != tuple(jnp.shape(param)):
+      raise ValueError(f"masks[{name!r}] has shape {tuple(mask.shape)}, its parameter "
+                       f"{tuple(jnp.shape(param))}: a mask must have its parameter's shape "
+                       "(masks are not broadcast)")
+    out.append(mask)
+  return out
+
+
+def checked_masks(params, masks):
+  """``masks`` after :func:`check_masks`, with scalar ``True`` leaves as ``None``
+  (returned unchanged when it has none)."""
+  mask_leaves = check_masks(params, masks)
+  if all((m is None) == (given is None) for m, given in
+         zip(mask_leaves, jax.tree.structure(params).flatten_up_to(masks))):
+    return masks
+  return to_jaxpruner(masks)
+
+
+def apply_masks(params, masks):
+  """Zeroes every masked-out entry: ``where(mask, param, 0)`` leaf by leaf
+  (``None`` leaves of ``masks`` leave the param as it is); one compiled
+  program for the whole tree. The masks are checked first (:func:`check_masks`)."""
+  return _apply_masks(params, checked_masks(params, masks))
 
 
 @jax.jit
-def apply_masks(params, masks):
-  """Zeroes every masked-out entry: ``where(mask, param, 0)`` leaf by leaf
-  (``None`` or scalar ``True`` leaves of ``masks`` leave the param as it is);
-  one compiled program for the whole tree."""
-  return jax.tree.map(lambda p, m: p if _is_unmasked(m) else jnp.where(m, p, jnp.zeros_like(p)),
+def _apply_masks(params, masks):
+  return jax.tree.map(lambda p, m: p if m is None else jnp.where(m, p, jnp.zeros_like(p)),
                       params, masks)
 
 

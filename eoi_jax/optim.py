@@ -55,18 +55,22 @@ def static_sparse(inner: optax.GradientTransformation, masks) -> optax.GradientT
     inner: any optax ``GradientTransformation`` (e.g. ``optax.adamw(...)``,
       ``optax.chain(optax.add_decayed_weights(wd), optax.sgd(...))``).
     masks: a mask tree with the structure of the params (see
-      :mod:`eoi_jax.masking`): bool arrays, ``True`` where a weight is
-      trainable; ``None`` (or a scalar ``True``) for unmasked leaves.
+      :mod:`eoi_jax.masking`): bool arrays of their parameters' shapes,
+      ``True`` where a weight is trainable; ``None`` for unmasked leaves (a
+      scalar ``True`` there is read as ``None``).
 
   Returns:
     An optax ``GradientTransformationExtraArgs``; extra arguments of
-    ``update`` are passed on to ``inner``.
+    ``update`` are passed on to ``inner``. Its ``init`` checks every mask
+    against its parameter (:func:`eoi_jax.masking.check_masks`: shapes,
+    bool dtype, errors naming the leaf) and keeps the masks, scalar ``True``
+    leaves as ``None``, in the state.
   """
   inner = optax.with_extra_args_support(inner)
 
   def init_fn(params):
-    masking.check_masks(params, masks)
-    return StaticSparseState(masks=masks, inner_state=inner.init(params))
+    return StaticSparseState(masks=masking.checked_masks(params, masks),
+                             inner_state=inner.init(params))
 
   def update_fn(updates, state, params=None, **extra_args):
     updates = _mask_tree(updates, state.masks)

@@ -153,3 +153,62 @@ def test_masks_live_in_the_state_and_structure_is_checked():
     eoi_jax.static_sparse(optax.sgd(0.1), {"fc1": masks["fc1"]}).init(params)
   with pytest.raises(ValueError, match="optimizer must be one of"):
     eoi_jax.sparse_optimizer("lion", 0.1, masks)
+
+
+def test_mask_shapes_and_dtypes_are_checked_at_init_naming_the_layer():
+  params = _mlp_params(jax.random.key(0))  # fc1/kernel is (16, 32)
+  good = masking.full_masks(params)
+  for bad, error, match in [
+      (jnp.ones((3, 3), bool), ValueError, r"fc1/kernel.*\(3, 3\).*\(16, 32\)"),
+      (jnp.ones((32,), bool), ValueError, r"fc1/kernel.*\(32,\).*\(16, 32\)"),  # no broadcasting
+      (jnp.ones((16, 32), jnp.float32), TypeError, r"fc1/kernel.*bool.*float32"),
+      (False, ValueError, r"fc1/kernel.*None"),
+  ]:
+    masks = {**good, "fc1": {**good["fc1"], "kernel": bad}}
+    for check in (lambda: eoi_jax.static_sparse(optax.sgd(0.1), masks).init(params),
+                  lambda: masking.apply_masks(params, masks),
+                  lambda: masking.check_masks(params, masks)):
+      with pytest.raises(error, match=match):
+        check()
+
+
+class _ShardedNet(nnx.Module):
+  def __init__(self, rngs):
+    part = nnx.with_partitioning
+    self.fc = nnx.Linear(16, 32, kernel_init=part(nnx.initializers.lecun_normal(), (None, "model")),
+                         bias_init=part(nnx.initializers.zeros_init(), ("model",)), rngs=rngs)
+
+  def __call__(self, x):
+    return self.fc(x)
+
+
+@pytest.mark.parametrize("axis_type", ["Auto", "Explicit"])
+def test_scalar_true_for_unmasked_leaves_works_on_sharded_models(axis_type):
+  # Mask trees hold None for unmasked leaves; a scalar True there (an older
+  # convention) is read as None, so the optimizer state holds no mask for a
+  # sharded bias (a scalar under the bias's sharding failed to place).
+  types = (getattr(jax.sharding.AxisType, axis_type),) * 2
+  mesh = jax.make_mesh((2, 4), ("data", "model"), axis_types=types)
+  with jax.set_mesh(mesh):
+    model = _ShardedNet(nnx.Rngs(0))
+    state = nnx.state(model, nnx.Param)
+    init = eoi_jax.eoi_params(jax.random.key(0), state, allocation.uniform(state, 0.25))
+    nnx.update(model, init.params)
+    legacy = jax.tree.map(lambda m: True if m is None else m, init.masks,
+                          is_leaf=lambda m: m is None)
+    optimizer = nnx.Optimizer(model, eoi_jax.static_sparse(optax.adam(0.05), legacy),
+                              wrt=nnx.Param)
+    assert sum(np.ndim(m) for m in jax.tree.leaves(optimizer.opt_state.masks)) == 2  # the kernel
+    x = jnp.ones((8, 16))
+
+    @nnx.jit
+    def step(model, optimizer):
+      grads = nnx.grad(lambda m: jnp.mean((m(x) - 1.0) ** 2))(model)
+      optimizer.update(model, grads)
+
+    for _ in range(3):
+      step(model, optimizer)
+  kernel = np.asarray(model.fc.kernel[...])
+  mask = np.asarray(jax.tree.leaves(init.masks["fc"]["kernel"])[0])
+  assert model.fc.bias[...].sharding.spec == jax.P("model")
+  assert np.all(kernel[~mask] == 0) and np.any(np.asarray(model.fc.bias[...]) != 0)
