@@ -475,7 +475,7 @@ class ViT(nnx.Module):
 def _mlp(image_shape, num_classes, depth, width, activation_name, rngs):
   h, w, c = image_shape
   return MLP(h * w * c, num_classes, depth=depth or 7, width=width or 100,
-             activation_name=activation_name or "tanh", rngs=rngs)
+             activation_name=activation_name or TAKES["mlp"].default_activation, rngs=rngs)
 
 
 def _deep_cnn(image_shape, num_classes, depth, width, activation_name, rngs):
@@ -483,22 +483,26 @@ def _deep_cnn(image_shape, num_classes, depth, width, activation_name, rngs):
   if h != w:
     raise ValueError(f"deep_cnn needs square images, got {image_shape}")
   return DeepCNN(c, num_classes, h, depth=depth or 10, width=width or 128,
-                 activation_name=activation_name or "tanh", rngs=rngs)
+                 activation_name=activation_name or TAKES["deep_cnn"].default_activation,
+                 rngs=rngs)
 
 
 def _resnet(resnet_depth):
   def make(image_shape, num_classes, depth, width, activation_name, rngs):
     return ResNet(image_shape[-1], num_classes, depth=resnet_depth,
-                  activation_name=activation_name or "relu", rngs=rngs)
+                  activation_name=activation_name or TAKES["resnet32"].default_activation,
+                  rngs=rngs)
   return make
 
 
 def _vgg16(image_shape, num_classes, depth, width, activation_name, rngs):
-  return VGG(image_shape[-1], num_classes, activation_name=activation_name or "relu", rngs=rngs)
+  return VGG(image_shape[-1], num_classes,
+             activation_name=activation_name or TAKES["vgg16"].default_activation, rngs=rngs)
 
 
 def _efficientnet_b0(image_shape, num_classes, depth, width, activation_name, rngs):
-  return EfficientNet(image_shape[-1], num_classes, activation_name=activation_name or "swish",
+  default = TAKES["efficientnet_b0"].default_activation
+  return EfficientNet(image_shape[-1], num_classes, activation_name=activation_name or default,
                       rngs=rngs)
 
 
@@ -530,23 +534,25 @@ class Takes(NamedTuple):
     depth: the smallest depth it takes, or ``None``: its depth is fixed.
     width: the smallest width it takes, or ``None``: its widths are fixed.
     activation: whether an activation can be chosen.
+    default_activation: the activation when none is chosen.
   """
 
   depth: int | None = None
   width: int | None = None
   activation: bool = True
+  default_activation: str = "relu"
 
 
 TAKES = {
-    "mlp": Takes(depth=2, width=1),
-    "deep_cnn": Takes(depth=3, width=1),
+    "mlp": Takes(depth=2, width=1, default_activation="tanh"),
+    "deep_cnn": Takes(depth=3, width=1, default_activation="tanh"),
     "resnet8": Takes(),
     "resnet32": Takes(),
     "resnet56": Takes(),
     "resnet110": Takes(),
     "vgg16": Takes(),
-    "vit": Takes(depth=1, width=1, activation=False),  # GELU
-    "efficientnet_b0": Takes(),
+    "vit": Takes(depth=1, width=1, activation=False, default_activation="gelu"),
+    "efficientnet_b0": Takes(default_activation="swish"),
 }
 """Which of ``depth``, ``width`` and ``activation`` each model of :data:`MODELS` takes."""
 

@@ -187,11 +187,18 @@ def integer_ticks(axis) -> None:
 
 def log_y(ax) -> None:
   """A logarithmic y axis with ticks written as plain numbers (0.3, 2), not
-  powers of ten; minor ticks at 2 and 5 labelled too."""
+  powers of ten; minor ticks at 2 and 5 labelled too where the axis spans
+  less than two decades (beyond that, the labels would touch)."""
   ax.set_yscale("log")
   ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.3g}"))
-  ax.yaxis.set_minor_formatter(FuncFormatter(
-      lambda v, _: f"{v:.3g}" if f"{v:.1e}"[0] in "25" else ""))
+
+  def minor(value, _):
+    low, high = ax.get_ylim()
+    if high / max(low, 1e-300) > 100:
+      return ""
+    return f"{value:.3g}" if f"{value:.1e}"[0] in "25" else ""
+
+  ax.yaxis.set_minor_formatter(FuncFormatter(minor))
 
 
 def density_axis(ax, densities: Sequence[float], label: str = DENSITY_LABEL) -> None:

@@ -282,8 +282,12 @@ def describe(runs, name: str | None = None) -> str:
     if values != [None]:
       network.append(f"{field} {'/'.join(str(v) for v in values)}")
   activations = _values(runs, "activation")
-  if len(activations) == 1:
-    network.append(activations[0] or "its default activation")
+  models_used = _values(runs, "model")
+  if len(activations) == 1 and (activations[0] or len(models_used) == 1):
+    from eoi_jax.training.models import TAKES
+
+    default = TAKES[models_used[0]].default_activation if models_used[0] in TAKES else None
+    network.append(activations[0] or default or "its default activation")
   sizes = [r["sparsity"]["total"]["size"] for r in runs
            if isinstance(r.get("sparsity"), dict) and "total" in r["sparsity"]]
   if sizes:
