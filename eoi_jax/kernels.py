@@ -4,7 +4,12 @@ Layouts follow Flax: dense kernels are ``(in, out)``, conv kernels
 ``(*spatial, in, out)``. Every generator is a pure function of its key, works
 under ``jax.jit``, ``jax.vmap`` (over keys) and ``jax.eval_shape``, computes in
 float32 (float64 when that is requested and x64 is enabled) and casts at the
-end, and returns ``(weight, mask)`` with a boolean mask.
+end, and returns ``(weight, mask)`` with a boolean mask: the support of the
+weight as computed, before the cast. For float32 and float64 weights that is
+``weight != 0``; a float16 or bfloat16 cast can round tiny entries to zero
+(float16 below about 6e-8: small gains, large dense kernels), and those
+entries stay in the mask (trainable, starting at zero), so the mask contains
+``weight != 0`` and may be larger.
 
 The helpers (:func:`wide_shape`, :func:`from_wide`, :func:`place_at_center`,
 :func:`check_kernel_shape`, :func:`compute_dtype`) say how a kernel maps to
@@ -145,7 +150,10 @@ def sparse_orthogonal(
   Returns:
     ``(weight, mask)``: if ``in <= out``, ``weight @ weight.T == gain**2 * I``;
     if ``in >= out``, ``weight.T @ weight == gain**2 * I`` (both when square).
-    ``mask`` is the bool array ``weight != 0``.
+    ``mask`` is the bool support of the weight as computed, in float32
+    (float64 for float64): ``weight != 0`` for float32 and float64 weights;
+    for float16 and bfloat16 it is the float32 support, so entries the cast
+    rounds to zero stay in the mask (it contains ``weight != 0``).
 
   Example:
     >>> w, m = sparse_orthogonal(jax.random.key(0), (256, 128), 0.1)
@@ -197,7 +205,8 @@ def sparse_delta_orthogonal(
   Returns:
     ``(kernel, mask)``; ``kernel[centre]`` is semi-orthogonal with gain
     ``gain`` and ``kernel == 0`` off the centre; ``mask`` is bool and contains
-    ``kernel != 0``.
+    ``kernel != 0`` (its centre is the float32 support, see
+    :func:`sparse_orthogonal`, also for float16 and bfloat16 kernels).
 
   Example:
     >>> k, m = sparse_delta_orthogonal(jax.random.key(0), (3, 3, 64, 64), 0.1)
@@ -525,7 +534,9 @@ def eoi_batch(keys, shape, densities, *, gain=1.0, center_density=None, structur
     gain, center_density, structured, dtype: as for the single-kernel functions.
 
   Returns:
-    ``(kernels, masks)`` with a leading axis of size ``B``.
+    ``(kernels, masks)`` with a leading axis of size ``B``; the masks are the
+    float32 supports, as for :func:`sparse_orthogonal` (float16 and bfloat16
+    kernels included).
   """
   shape = check_kernel_shape(shape)
   densities = np.asarray(densities, np.float64).reshape(-1)

@@ -357,3 +357,31 @@ def test_keys_of_a_batch_are_checked_and_valid_keys_pass_everywhere():
     np.testing.assert_array_equal(jax.jit(make)(keys[0]), make(keys[0]))
     np.testing.assert_array_equal(jax.vmap(make)(keys)[2], make(keys[2]))
     eoi_jax.eoi_batch(keys, (8, 8), np.full(3, 0.5))
+
+
+def test_low_precision_masks_are_the_float32_support_as_documented():
+  # A small gain makes float16 round some entries to zero; they stay in the mask.
+  key, shape = jax.random.key(6), (64, 64)
+  w32, m32 = eoi_jax.sparse_orthogonal(key, shape, 0.9, gain=1e-4)
+  np.testing.assert_array_equal(m32, w32 != 0)
+  for dtype in (jnp.float16, jnp.bfloat16):
+    w, m = eoi_jax.sparse_orthogonal(key, shape, 0.9, gain=1e-4, dtype=dtype)
+    np.testing.assert_array_equal(np.asarray(w), np.asarray(w32.astype(dtype)))
+    np.testing.assert_array_equal(m, m32)
+    assert np.all(np.asarray(m)[np.asarray(w) != 0])  # the mask contains the support
+    if dtype == jnp.float16:
+      assert np.count_nonzero(w) < np.count_nonzero(m)  # some underflowed
+    batch, batch_masks = eoi_jax.eoi_batch(key[None], shape, [0.9], gain=1e-4, dtype=dtype)
+    np.testing.assert_array_equal(batch_masks[0], m32)
+    params = {"fc": {"kernel": jnp.zeros(shape, dtype)}}
+    out = eoi_jax.eoi_params(key, params, {"fc/kernel": 0.9}, gain=1e-4)
+    assert out.params["fc"]["kernel"].dtype == dtype
+    assert np.all(np.asarray(out.masks["fc"]["kernel"])[np.asarray(out.params["fc"]["kernel"]) != 0])
+  k16, c16 = eoi_jax.sparse_delta_orthogonal(key, (3, 3, 32, 32), 0.5, gain=1e-4,
+                                             dtype=jnp.float16)
+  _, c32 = eoi_jax.sparse_delta_orthogonal(key, (3, 3, 32, 32), 0.5, gain=1e-4)
+  np.testing.assert_array_equal(c16, c32)
+  # The contract is written where users read it.
+  for documented in (eoi_jax.sparse_orthogonal, eoi_jax.sparse_delta_orthogonal,
+                     eoi_jax.eoi_batch, eoi_jax.eoi_params):
+    assert "float32 support" in documented.__doc__ and "bfloat16" in documented.__doc__

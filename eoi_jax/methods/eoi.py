@@ -91,7 +91,10 @@ def eoi_params(key, params, densities: Mapping[str, object], *, gain=1.0, bias_s
       (:mod:`eoi_jax.kinds`).
 
   Returns:
-    A :class:`SparseInit` ``(params, masks, summary)``.
+    A :class:`SparseInit` ``(params, masks, summary)``. Each mask is its
+    kernel's float32 support (float64 for float64 leaves): for float16 and
+    bfloat16 leaves entries the cast rounds to zero stay in the mask (see
+    :func:`eoi_jax.sparse_orthogonal`).
   """
   key = _validation.check_key(key)
   layout = layers.resolve(params, filter, stacked, layout, kinds)
