@@ -1,5 +1,6 @@
 """Tests of the dataset readers, splits, provisioning checks and input pipeline."""
 
+import gzip
 import os
 from pathlib import Path
 
@@ -18,7 +19,8 @@ def _images(rng, n, shape):
 
 @pytest.fixture
 def data_dir(tmp_path):
-  """Tiny copies of every raw format, written in exactly that format."""
+  """Tiny copies of every raw format, written in exactly that format (loaded
+  with ``verify=False``: they are not the datasets)."""
   rng = np.random.default_rng(0)
   for name in ("mnist", "fashion_mnist"):
     folder = tmp_path / name
@@ -51,7 +53,7 @@ def data_dir(tmp_path):
     ("digits", (8, 8, 1), 10, 1500, 100),
 ])
 def test_readers_shapes_dtypes_labels_and_splits(data_dir, name, shape, classes, train, test):
-  ds = data.load(name, data_dir, val_fraction=0.2)
+  ds = data.load(name, data_dir, val_fraction=0.2, verify=False)
   assert ds.info.image_shape == shape and ds.info.num_classes == classes
   for split in (ds.train, ds.val, ds.test):
     assert split.images.dtype == np.uint8 and split.images.shape[1:] == shape
@@ -79,9 +81,9 @@ def test_tiny_imagenet_labels_follow_wnids(data_dir):
 
 
 def test_split_is_deterministic_and_disjoint(data_dir):
-  a = data.load("cifar10", data_dir, val_fraction=0.25)
-  b = data.load("cifar10", data_dir, val_fraction=0.25)
-  c = data.load("cifar10", data_dir, val_fraction=0.25, split_seed=1)
+  a = data.load("cifar10", data_dir, val_fraction=0.25, verify=False)
+  b = data.load("cifar10", data_dir, val_fraction=0.25, verify=False)
+  c = data.load("cifar10", data_dir, val_fraction=0.25, split_seed=1, verify=False)
   np.testing.assert_array_equal(a.val.images, b.val.images)
   assert not np.array_equal(a.val.images, c.val.images)
   rows = {r.tobytes() for r in a.train.images}
@@ -100,6 +102,75 @@ def test_missing_files_and_bad_names(tmp_path):
 def test_verify_rejects_wrong_counts(data_dir):
   with pytest.raises(ValueError, match="expected"):
     data.verify("mnist", data_dir)
+
+
+# ----------------------------------------------------------------------------
+# Verification when loading.
+
+
+def _real_digits(tmp_path) -> tuple[Path, np.ndarray]:
+  """A copy of the provisioned digits and its table (64 values in 0..16, a label)."""
+  source = REAL_DIR / "digits" / "digits.csv.gz"
+  if not source.exists():
+    pytest.skip("digits not provisioned (eoi-jax data fetch digits)")
+  root = tmp_path / "data"
+  (root / "digits").mkdir(parents=True)
+  (root / "digits" / "digits.csv.gz").write_bytes(source.read_bytes())
+  with gzip.open(source, "rt") as f:
+    return root, np.loadtxt(f, delimiter=",").astype(np.int64)
+
+
+@pytest.fixture
+def counted_checks(tmp_path, monkeypatch):
+  """A fresh record of verified folders, and a count of full content checks."""
+  from eoi_jax.training.data import verification
+
+  monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+  calls = []
+  check = verification.check_content
+  monkeypatch.setattr(verification, "check_content",
+                      lambda *a, **k: calls.append(a[0]) or check(*a, **k))
+  return calls
+
+
+def test_load_checks_a_data_folder_once_until_a_file_changes(tmp_path, counted_checks):
+  root, _ = _real_digits(tmp_path)
+  first = data.load("digits", root, limit=100)
+  assert counted_checks == ["digits"] and len(first.test) == 100
+  data.load("digits", root)
+  assert counted_checks == ["digits"]  # remembered by size and modification time
+  target = root / "digits" / "digits.csv.gz"
+  stat = target.stat()
+  os.utime(target, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000))
+  data.load("digits", root)
+  assert counted_checks == ["digits"] * 2
+  data.load("synthetic")  # generated: nothing to check
+  data.load("digits", root, verify=False)
+  assert counted_checks == ["digits"] * 2
+
+
+@pytest.mark.parametrize("damage", ["shuffled_test_labels", "train_cut", "one_pixel"])
+def test_load_refuses_files_that_decode_but_hold_other_data(tmp_path, counted_checks, damage):
+  root, table = _real_digits(tmp_path)
+  target = root / "digits" / "digits.csv.gz"
+  data.load("digits", root)  # the intact copy passes and is remembered
+  rng = np.random.default_rng(0)
+  if damage == "shuffled_test_labels":
+    table[1500:, 64] = rng.permutation(table[1500:, 64])
+    expected = "digits test: content checksum mismatch"
+  elif damage == "train_cut":
+    table = table[:1200]  # the digits split by position: 1200 train, no test
+    expected = r"1200/0 train/test examples, expected \(1500, 297\)"
+  else:
+    table[7, 20] = (table[7, 20] + 1) % 17
+    expected = "digits train: content checksum mismatch"
+  formats.write_digits_csv(target, table[:, :64], table[:, 64])
+  for _ in range(2):  # a failure is never remembered
+    with pytest.raises(data.DatasetMismatch, match=expected) as error:
+      data.load("digits", root)
+    assert "eoi-jax data verify digits" in str(error.value) and str(root) in str(error.value)
+  with pytest.raises(ValueError, match=expected):
+    data.verify("digits", root)
 
 
 def test_synthetic_and_limit():

@@ -30,9 +30,10 @@ from eoi_jax.training.data.specs import DATASETS
 from eoi_jax.training.data.specs import SPECS
 from eoi_jax.training.data.specs import DatasetInfo
 from eoi_jax.training.data.specs import DatasetSpec
+from eoi_jax.training.data.verification import DatasetMismatch
 
 __all__ = [
-    "DATASETS", "SPECS", "Batch", "CorruptFileError", "Dataset", "DatasetInfo", "DatasetSpec",
+    "DATASETS", "SPECS", "Batch", "CorruptFileError", "Dataset", "DatasetMismatch", "DatasetInfo", "DatasetSpec",
     "FetchError", "Loader", "Split", "augment", "default_data_dir", "example_order", "fetch", "formats", "load",
     "normalize", "pipeline", "preprocess", "split_train_val", "synthetic", "verify",
 ]

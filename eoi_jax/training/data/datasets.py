@@ -21,7 +21,12 @@ tensorflow-datasets is installed, data it has already prepared
 (``tfds.data_source``, array_record, read without TensorFlow) is used for
 mnist, fashion_mnist, cifar10 and cifar100. Nothing is ever downloaded here.
 Missing data raises ``FileNotFoundError`` naming the path and the command that
-provisions it (``eoi-jax data fetch NAME``).
+provisions it (``eoi-jax data fetch NAME``). Raw files of a dataset whose
+counts (and content checksums) are known are checked before use, once per data
+folder (:func:`eoi_jax.training.data.verification.check_once`): files that
+decode but hold other data raise
+:class:`~eoi_jax.training.data.verification.DatasetMismatch` naming ``eoi-jax
+data verify NAME``.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from eoi_jax.training.data import verification
 from eoi_jax.training.data.formats import CorruptFileError
 from eoi_jax.training.data.specs import SPECS, DatasetInfo
 
@@ -102,8 +108,13 @@ def split_train_val(images, labels, val_fraction: float, seed: int = 0):
   return Split(images[train_idx], labels[train_idx]), Split(images[val_idx], labels[val_idx])
 
 
+def _advice(name: str, root: Path) -> str:
+  return (f"Check the dataset with `eoi-jax data verify {name} --data-dir {root}`; "
+          f"`eoi-jax data fetch {name} --force` replaces it")
+
+
 def load(name: str, data_dir=None, *, val_fraction: float = 0.1, split_seed: int = 0,
-         limit: int | None = None, source: str = "auto") -> Dataset:
+         limit: int | None = None, source: str = "auto", verify: bool = True) -> Dataset:
   """Loads a dataset as uint8 NHWC arrays in train / val / test splits.
 
   Args:
@@ -115,9 +126,19 @@ def load(name: str, data_dir=None, *, val_fraction: float = 0.1, split_seed: int
       (smoke runs).
     source: ``"auto"`` (raw files, else prepared tensorflow-datasets data),
       ``"raw"`` or ``"tfds"``.
+    verify: check raw files against the dataset's known counts and content
+      (:mod:`~eoi_jax.training.data.verification`; once per data folder
+      until a file changes). Generated data and tensorflow-datasets data
+      (verified by tensorflow-datasets) are not checked.
 
   Returns:
     A :class:`Dataset` ``(train, val, test, info)``.
+
+  Raises:
+    FileNotFoundError: no data (names the folder and ``eoi-jax data fetch``).
+    CorruptFileError: a file that cannot be decoded (names it).
+    DatasetMismatch: files that decode but hold other data (names
+      ``eoi-jax data verify``).
 
   Example:
     >>> ds = load("mnist")
@@ -159,10 +180,12 @@ def load(name: str, data_dir=None, *, val_fraction: float = 0.1, split_seed: int
       try:
         train, test = spec.read(folder, "train"), spec.read(folder, "test")
       except CorruptFileError as e:
-        raise CorruptFileError(
-            e.path, f"{e.reason}. Check the dataset with `eoi-jax data verify "
-            f"{name} --data-dir {root}`; `eoi-jax data fetch {name} --force` replaces it"
-        ) from e
+        raise CorruptFileError(e.path, f"{e.reason}. {_advice(name, root)}") from e
+      if verify and verification.checked(name):
+        try:
+          verification.check_once(name, folder, train, test)
+        except verification.DatasetMismatch as e:
+          raise verification.DatasetMismatch(f"{e} in {folder}. {_advice(name, root)}") from None
   if limit is not None:
     train, test = (train[0][:limit], train[1][:limit]), (test[0][:limit], test[1][:limit])
   for split_name, (x, y) in (("train", train), ("test", test)):

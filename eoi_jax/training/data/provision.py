@@ -9,20 +9,18 @@ a timeout):
    machines that reach only PyPI and Debian: mnist, fashion_mnist, digits.
 
 CIFAR and Tiny ImageNet exist only at their standard addresses; without
-internet, ``fetch`` says where to put the files. Verification checks example
-counts, shapes and label ranges, and for MNIST and Fashion-MNIST the SHA-256 of
-the decoded pixel and label arrays (compression-independent, so any correct
-copy passes).
+internet, ``fetch`` says where to put the files. Verification
+(:mod:`~eoi_jax.training.data.verification`, also run when a dataset is loaded)
+checks example counts, shapes, label ranges and the classes present, and for
+MNIST, Fashion-MNIST and the digits the SHA-256 of the decoded pixel and label
+arrays (compression-independent, so any correct copy passes).
 """
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
-import numpy as np
-
-from eoi_jax.training.data import datasets, sources
+from eoi_jax.training.data import datasets, sources, verification
 from eoi_jax.training.data.specs import SPECS
 
 
@@ -30,36 +28,22 @@ class FetchError(RuntimeError):
   """No source worked; the message lists what was tried and where files go."""
 
 
-def _digest(array) -> str:
-  return hashlib.sha256(np.ascontiguousarray(array).tobytes()).hexdigest()
-
-
 def _provisioned() -> list[str]:
   return sorted(n for n, spec in SPECS.items() if spec.counts is not None)
 
 
 def verify(name: str, data_dir=None) -> dict:
-  """Checks a provisioned dataset; returns counts. Raises ``ValueError`` on a mismatch."""
-  if name not in SPECS or SPECS[name].counts is None:
+  """Checks a provisioned dataset now (never from a remembered result);
+  returns counts.
+
+  Raises:
+    ValueError: a mismatch (:class:`~eoi_jax.training.data.verification.DatasetMismatch`)
+      or an unknown name.
+  """
+  if not verification.checked(name):
     raise ValueError(f"dataset must be one of {_provisioned()}, got {name!r}")
-  spec = SPECS[name]
-  ds = datasets.load(name, data_dir, val_fraction=0.0, source="raw")
-  train_n, test_n = len(ds.train), len(ds.test)
-  if (train_n, test_n) != spec.counts:
-    raise ValueError(f"{name}: {train_n}/{test_n} train/test examples, expected "
-                     f"{spec.counts}")
-  for split_name, split in (("train", ds.train), ("test", ds.test)):
-    present = np.unique(split.labels)
-    if len(present) != ds.info.num_classes:
-      raise ValueError(f"{name} {split_name}: {len(present)} classes present, expected "
-                       f"{ds.info.num_classes}")
-    if spec.content_sha256 is not None:
-      want = spec.content_sha256[split_name]
-      got = (_digest(split.images[..., 0]), _digest(split.labels.astype(np.uint8)))
-      if got != want:
-        raise ValueError(f"{name} {split_name}: content checksum mismatch (corrupt or "
-                         f"reordered files)")
-  return {"train": train_n, "test": test_n}
+  ds = datasets.load(name, data_dir, val_fraction=0.0, source="raw", verify=False)
+  return verification.check_content(name, tuple(ds.train), tuple(ds.test))
 
 
 def fetch(name: str, data_dir=None, *, timeout: float = 30.0, network: bool = True,

@@ -107,6 +107,14 @@ SPECS = {
         DatasetInfo("digits", (8, 8, 1), 10, (0.3052,), (0.3749,), "none", "digits"),
         read=formats.read_digits_split,
         counts=(1500, 297),
+        # Of the decoded arrays (pixels scaled to 0..255) of scikit-learn's
+        # digits.csv.gz: the first 1500 rows, the last 297.
+        content_sha256={
+            "train": ("875a24c0790f1981762fb36d014bf564ebd54024c7c2913c6e4d238fb13418d7",
+                      "e2fd6b6f26a4b1209a81b338ea6e2e743f689f6e990db31cfd6d59849794c750"),
+            "test": ("8a9ceff59172438f800565084fa8fd52146c2632cec4a81eb324ed2873248550",
+                     "e7e87e0ab1d1814c4420ecd904dea92bf6a05de1b7d724842fa0ccce6c7b11f3"),
+        },
         offline_source=sources.digits_from_sklearn),
     "synthetic": DatasetSpec(
         DatasetInfo("synthetic", (8, 8, 1), 10, (0.5,), (0.25,), "none", ""),
