@@ -5,7 +5,9 @@ holds the training state and a JSON record with the state's *fingerprint*
 (two 32-bit position-weighted sums of every word of every array, computed on
 device under any sharding). A checkpoint whose files cannot be read, or whose
 restored state does not match its fingerprint, is skipped with a warning and
-the one before it is used. Each complete checkpoint also gets a manifest
+the one before it is used. The record also holds the run's metrics up to the
+checkpoint's epoch (the lines of its ``metrics.jsonl``), so a resumed run
+restores its record with its state. Each complete checkpoint also gets a manifest
 (``checkpoints/manifests/STEP.json``: every file's size and CRC-32), so
 truncated or corrupted files are recognised before Orbax reads them. Orbax
 writes a checkpoint under a temporary name and renames it when complete, so a
@@ -24,17 +26,36 @@ import logging
 import os
 import shutil
 import sys
-import zlib
+import tempfile
 import warnings
+import zlib
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from eoi_jax.training.rundir import write_atomic
+
 
 class NoGoodCheckpoint(ValueError):
   """Checkpoints exist but none can be restored."""
+
+
+class Restored(NamedTuple):
+  """A checkpoint read back intact.
+
+  Attributes:
+    step: its step (the epoch it ends).
+    state: the training state.
+    history: the metrics records saved with it (epochs ``0 .. step``), or
+      ``None`` when it was saved without them.
+  """
+
+  step: int
+  state: Any
+  history: list[dict] | None
 
 
 def _words(leaf):
@@ -173,10 +194,20 @@ class CheckpointStore:
     else:
       self._manager.delete(step)
 
-  def save(self, step: int, state) -> None:
+  def save(self, step: int, state, history: list[dict] | None = None) -> None:
     """Writes ``state`` as checkpoint ``step`` and waits until it is complete,
-    then records the checksum of each of its files (the manifest)."""
+    then records the checksum of each of its files (the manifest).
+
+    Args:
+      step: the checkpoint's step (the epoch it ends).
+      state: the training state.
+      history: the run's metrics records up to ``step``, restored with it
+        (:meth:`restore`).
+    """
     meta = {"fingerprint": _fingerprint_list(state)}
+    if history is not None:
+      # One JSON text (NaN and all), stored as written.
+      meta["history"] = json.dumps(history)
     if self._on_host:
       self._save_on_host(step, jax.device_get(state), meta)
     else:
@@ -187,16 +218,13 @@ class CheckpointStore:
     if self._writes_manifests:
       manifest = self._manifest_path(step)
       manifest.parent.mkdir(exist_ok=True)
-      tmp = manifest.with_suffix(".tmp")
-      tmp.write_text(json.dumps(_checksums(self.directory / str(step))))
-      os.replace(tmp, manifest)
+      write_atomic(manifest, json.dumps(_checksums(self.directory / str(step))))
       self._prune_manifests()
 
   def _save_on_host(self, step: int, state, meta: dict) -> None:
     final = self.directory / str(step)
-    tmp = self.directory / f"{step}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    self.directory.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{step}.", suffix=".tmp", dir=self.directory))
     np.savez(tmp / "state.npz", *[np.asarray(x) for x in jax.tree.leaves(state)])
     (tmp / "meta.json").write_text(json.dumps(meta))  # written last: marks it complete
     shutil.rmtree(final, ignore_errors=True)
@@ -237,14 +265,18 @@ class CheckpointStore:
         return f"{name} differs from what was written (size or checksum)"
     return None
 
-  def _restore(self, step: int, like):
+  def _restore(self, step: int, like) -> Restored:
     read = self._read_on_host if self._on_host else self._read_with_orbax
     state, meta = read(step, like)
     if _fingerprint_list(state) != list(meta["fingerprint"]):
       raise ValueError("its contents do not match the fingerprint saved with it")
+    history = json.loads(meta["history"]) if "history" in meta else None
+    if history is not None and [r.get("epoch") for r in history] != list(range(step + 1)):
+      raise ValueError(f"its metrics record holds epochs {[r.get('epoch') for r in history]}, "
+                       f"not 0..{step}")
     if self._on_host:
       state = jax.tree.map(lambda x, leaf: jax.device_put(x, leaf.sharding), state, like)
-    return state
+    return Restored(step, state, history)
 
   def _read_with_orbax(self, step: int, like):
     ocp = self._ocp
@@ -269,17 +301,27 @@ class CheckpointStore:
     return jax.tree.unflatten(treedef, values), meta
 
   def restore_latest(self, like):
-    """The newest checkpoint that restores intact, as ``(step, state)``.
+    """The newest checkpoint that restores intact, as ``(step, state)``
+    (:meth:`restore` without the metrics)."""
+    restored = self.restore(like)
+    return None if restored is None else (restored.step, restored.state)
+
+  def restore(self, like) -> Restored | None:
+    """The newest checkpoint that restores intact, with its metrics record.
 
     Args:
       like: a state with the structure, shapes, dtypes and shardings to
         restore into.
 
     Returns:
-      ``(step, state)``, or ``None`` when there is no checkpoint.
+      A :class:`Restored`, or ``None`` when there is no checkpoint.
 
     Raises:
       NoGoodCheckpoint: checkpoints exist but none restores intact.
+
+    Example:
+      >>> with CheckpointStore("runs/demo/checkpoints") as store:
+      ...   restored = store.restore(state)
     """
     steps = self.steps()
     problems = []
@@ -288,7 +330,7 @@ class CheckpointStore:
       if reason is None:
         try:
           with _quiet_orbax():
-            return step, self._restore(step, like)
+            return self._restore(step, like)
         except Exception as e:  # Orbax and TensorStore raise many kinds for damaged files
           reason = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300]
       problems.append(f"step {step}: {reason}")
@@ -297,5 +339,6 @@ class CheckpointStore:
     if steps:
       raise NoGoodCheckpoint(
           f"no checkpoint in {self.directory} can be restored ({'; '.join(problems)[:600]}); "
-          "run with resume=false (--resume false) to start over")
+          "--resume false (resume=false) starts over, deleting these checkpoints and the "
+          "run's metrics")
     return None

@@ -184,12 +184,16 @@ class LogMetrics(Hook):
 
 
 class SaveCheckpoint(Hook):
-  """Each live run's state, as checkpoint ``epoch`` of its run directory."""
+  """Each live run's state, as checkpoint ``epoch`` of its run directory, with
+  its metrics record up to this epoch (restored with it on resume)."""
 
   def __init__(self):
     self.trigger = Trigger(epoch_end=True)
 
   def __call__(self, loop) -> None:
-    for r in loop.live():
-      loop.stores[r].save(loop.epoch, loop.run_state(r))
-      loop.last_saved[r] = loop.epoch
+    from eoi_jax.training import interrupts
+
+    with interrupts.deferred():  # a checkpoint is written whole, or not begun
+      for r in loop.live():
+        loop.stores[r].save(loop.epoch, loop.run_state(r), history=loop.histories[r])
+        loop.last_saved[r] = loop.epoch

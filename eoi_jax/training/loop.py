@@ -36,7 +36,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from eoi_jax.training import data, diagnostics, hooks
+from eoi_jax.training import data, diagnostics, hooks, interrupts
 from eoi_jax.training import train as train_lib
 from eoi_jax.training.checkpoints import CheckpointStore
 from eoi_jax.training.progress import Progress
@@ -309,22 +309,28 @@ def default_hooks(configs, progress: Progress) -> list[hooks.Hook]:
   return out
 
 
-def _restore(configs, stores, state):
-  """``(start_epoch, state)`` from the runs' checkpoints when all resume at
-  one epoch; ``(0, state)`` (checkpoints cleared) otherwise. A run whose
+def _restore(configs, runs, stores, state):
+  """``(start_epoch, state, histories)`` from the runs' checkpoints when all
+  resume at one epoch with a complete record (the one saved with the
+  checkpoint, the log checked against it: :meth:`RunDir.history`);
+  ``(0, state, [[], ...])`` (checkpoints cleared) otherwise. A run whose
   checkpoints are all damaged raises
   :class:`~eoi_jax.training.checkpoints.NoGoodCheckpoint`."""
+  fresh = 0, state, [[] for _ in configs]
   if not stores or not all(c.resume for c in configs):
     for store in stores:
       store.clear()
-    return 0, state
-  restored = [store.restore_latest(unstack(state, i)) for i, store in enumerate(stores)]
-  if all(r is not None for r in restored) and len({r[0] for r in restored}) == 1:
-    shardings = jax.tree.map(lambda x: x.sharding, state)
-    return restored[0][0] + 1, jax.device_put(stack_runs([r[1] for r in restored]), shardings)
+    return fresh
+  restored = [store.restore(unstack(state, i)) for i, store in enumerate(stores)]
+  if all(r is not None for r in restored) and len({r.step for r in restored}) == 1:
+    start = restored[0].step + 1
+    histories = [run.history(start, r.history) for run, r in zip(runs, restored)]
+    if all(h is not None for h in histories):
+      shardings = jax.tree.map(lambda x: x.sharding, state)
+      return start, jax.device_put(stack_runs([r.state for r in restored]), shardings), histories
   for store in stores:
     store.clear()
-  return 0, state
+  return fresh
 
 
 def run_group(configs, *, mesh: jax.sharding.Mesh, dataset: data.Dataset | None = None,
@@ -383,7 +389,7 @@ def run_group(configs, *, mesh: jax.sharding.Mesh, dataset: data.Dataset | None 
   state = jax.device_put(stack_runs(states), by_run)
   sparsities = [b[2] for b in built]
 
-  locked, stores = [], []
+  locked, stores, current = [], [], []  # current: the Loop, once training starts
   try:
     if writes:
       for run in runs:
@@ -395,7 +401,12 @@ def run_group(configs, *, mesh: jax.sharding.Mesh, dataset: data.Dataset | None 
       stores = [CheckpointStore(run.path / "checkpoints", process_local=process_local)
                 for run in runs]
     return _train(configs, runs, stores, spec, state, sparsities, loader, eval_loaders, mesh,
-                  writes, stop_after_epoch, progress_label)
+                  writes, stop_after_epoch, progress_label, current)
+  except KeyboardInterrupt as e:
+    if not current:
+      raise
+    # Said before the stores close: no checkpoint is in flight (interrupts.deferred).
+    raise interrupts.stopped(e, current[0]) from None
   finally:
     for store in stores:
       store.close()
@@ -414,11 +425,10 @@ def _same_structure(states, configs) -> None:
 
 
 def _train(configs, runs, stores, spec, state, sparsities, loader, eval_loaders, mesh, writes,
-           stop_after_epoch, progress_label):
+           stop_after_epoch, progress_label, current):
   base = configs[0]
   by_run = jax.sharding.NamedSharding(mesh, jax.P("runs"))
-  start_epoch, state = _restore(configs, stores, state)
-  histories = [run.history(start_epoch) if start_epoch else [] for run in runs]
+  start_epoch, state, histories = _restore(configs, runs, stores, state)
   if writes:
     for run, c, sparsity, history in zip(runs, configs, sparsities, histories):
       run.write_json("config.json", dataclasses.asdict(c))
@@ -433,12 +443,17 @@ def _train(configs, runs, stores, spec, state, sparsities, loader, eval_loaders,
               writes=writes, steps_per_epoch=steps, epochs=base.epochs,
               step=start_epoch * steps, diverged=[None] * len(configs),
               last_saved=[start_epoch - 1] * len(configs), zeros=zeros)
+  current.append(loop)
   progress = Progress(steps * base.epochs, label=progress_label,
                       quiet=all(c.quiet for c in configs) or not writes,
                       done=start_epoch * steps)
-  if start_epoch and not progress.quiet:
-    progress.done(f"resuming {runs[0].path if len(runs) == 1 else f'{len(runs)} runs'} "
-                  f"from epoch {start_epoch}/{base.epochs}")
+  what = runs[0].path if len(runs) == 1 else f"{len(runs)} runs"
+  if start_epoch >= base.epochs and not progress.quiet:
+    progress.done(f"{what} already finished ({base.epochs}/{base.epochs} epochs); nothing to "
+                  "train, its record is kept")
+  elif start_epoch and not progress.quiet:
+    progress.done(f"resuming {what}: {start_epoch}/{base.epochs} epochs done, from epoch "
+                  f"{start_epoch + 1}")
   all_hooks = default_hooks(configs, progress)
   step_fn = runs_train_step(spec, (jax.tree.map(lambda x: x.sharding, state), by_run))
 

@@ -29,9 +29,16 @@
   (the Jacobian's singular-value mean and variance at initialisation against
   realised density); a panel per combination of the other varying fields.
 
+A run whose ``summary.json`` is present but cannot be read (or whose
+``config.json`` cannot) is never dropped silently: each gets a one-line
+warning, a row in ``results.csv`` whose ``unreadable`` column says why, and a
+note under ``table.md``'s caption; the table and figures leave it out.
+
 Everything is recomputed from the files, so a report can be regenerated at
 any time, also while a sweep runs, and into another directory:
-``python -m eoi_jax.training.report RUNS_OR_RESULTS_DIR --out DIR``.
+``python -m eoi_jax.training.report RUNS_OR_RESULTS_DIR --out DIR``. Every
+file is written under a temporary name of its own and renamed, so reports
+written at once (a sweep's and yours) never disturb each other.
 """
 
 from __future__ import annotations
@@ -47,6 +54,8 @@ import sys
 import warnings
 from pathlib import Path
 from typing import Callable, NamedTuple
+
+from eoi_jax.training.rundir import write_atomic
 
 # results.csv column: summary.json key
 METRICS = {"test_accuracy": "test_accuracy", "best_val_accuracy": "best_val_accuracy",
@@ -73,6 +82,21 @@ def _read_json(path: Path):
     return None
 
 
+def _read_object(path: Path) -> tuple[dict | None, str | None]:
+  """``(the JSON object in path, None)``, or ``(None, why it cannot be read)``."""
+  try:
+    value = json.loads(path.read_text())
+  except FileNotFoundError:
+    return None, f"{path.name} is missing"
+  except (OSError, UnicodeDecodeError) as e:
+    return None, f"{path.name} cannot be read ({type(e).__name__}: {e})"
+  except ValueError as e:
+    return None, f"{path.name} is not valid JSON ({e})"
+  if not isinstance(value, dict):
+    return None, f"{path.name} holds {type(value).__name__}, not a JSON object"
+  return value, None
+
+
 def _history(run: Path) -> list[dict]:
   records = []
   try:
@@ -87,11 +111,25 @@ def _history(run: Path) -> list[dict]:
   return records
 
 
-def collect(directory) -> list[dict]:
-  """Every finished run under ``directory`` as ``{"name", "config", "summary",
-  "history", "sparsity"}`` (sorted by name; ``sparsity``: ``sparsity.json`` or
-  ``None``); a results directory whose ``sweep.json`` names its sweep's
-  directory reads the runs there."""
+def scan(directory) -> tuple[list[dict], list[dict]]:
+  """The finished runs under ``directory`` and those that cannot be read.
+
+  A run is finished when it has a ``summary.json``; it cannot be read when
+  that file, or its ``config.json``, is missing, unreadable or not a JSON
+  object. Each unreadable run gets a one-line ``RuntimeWarning``.
+
+  Args:
+    directory: a run, sweep or results directory (:func:`collect`).
+
+  Returns:
+    ``(runs, unreadable)``: ``runs`` as :func:`collect` returns them;
+    ``unreadable`` as ``{"name", "reason", "config"}`` (``config``: the
+    run's ``config.json`` when it can be read, else ``None``), both sorted
+    by name.
+
+  Raises:
+    ValueError: ``directory`` does not exist.
+  """
   directory = Path(directory)
   sweep = _read_json(directory / "sweep.json")
   if isinstance(sweep, dict) and "sweep_dir" in sweep:  # a results directory: the sweep's runs
@@ -100,15 +138,33 @@ def collect(directory) -> list[dict]:
     raise ValueError(f"report: {directory} does not exist")
   candidates = [directory] if (directory / "config.json").exists() else sorted(
       p.parent for p in directory.glob("**/summary.json"))
-  runs = []
+  runs, unreadable = [], []
   for path in candidates:
-    config, summary = _read_json(path / "config.json"), _read_json(path / "summary.json")
-    if config is None or summary is None:
-      continue
     name = str(path.relative_to(directory)) if path != directory else path.name
-    runs.append({"name": name.removeprefix("runs/"), "config": config, "summary": summary,
+    name = name.removeprefix("runs/")
+    config, config_problem = _read_object(path / "config.json")
+    summary, summary_problem = _read_object(path / "summary.json")
+    if path == directory and summary_problem == "summary.json is missing":
+      continue  # a run directory whose run has not finished
+    problem = summary_problem or config_problem
+    if problem is not None:
+      unreadable.append({"name": name, "reason": problem, "config": config})
+      warnings.warn(f"report: run {path} is left out: {problem}; train it again with the same "
+                    "command (it resumes and rewrites its files) or remove it",
+                    RuntimeWarning, stacklevel=2)
+      continue
+    runs.append({"name": name, "config": config, "summary": summary,
                  "history": _history(path), "sparsity": _read_json(path / "sparsity.json")})
-  return runs
+  return runs, unreadable
+
+
+def collect(directory) -> list[dict]:
+  """Every finished run under ``directory`` as ``{"name", "config", "summary",
+  "history", "sparsity"}`` (sorted by name; ``sparsity``: ``sparsity.json`` or
+  ``None``); a results directory whose ``sweep.json`` names its sweep's
+  directory reads the runs there. Runs that cannot be read are left out with
+  a warning each (:func:`scan`)."""
+  return scan(directory)[0]
 
 
 def varying_fields(runs) -> list[str]:
@@ -119,9 +175,11 @@ def varying_fields(runs) -> list[str]:
   return [k for k in keys if len({json.dumps(r["config"].get(k)) for r in runs}) > 1]
 
 
-def rows(runs) -> list[dict]:
+def rows(runs, unreadable=()) -> list[dict]:
   """The ``results.csv`` rows (``density``: requested; ``realised_density``:
-  the initialisation's)."""
+  the initialisation's); with ``unreadable`` (:func:`scan`), a row for each
+  of those runs too, its ``unreadable`` column saying why, its metrics
+  empty."""
   out = []
   for r in runs:
     row = {"run": r["name"]}
@@ -133,6 +191,13 @@ def rows(runs) -> list[dict]:
       if k in first:
         row[f"{k}_init"] = first[k]
     row["diverged"] = "diverged_at_epoch" in r["summary"]
+    if unreadable:
+      row["unreadable"] = ""
+    out.append(row)
+  for r in unreadable:
+    row = {"run": r["name"]}
+    row.update({k: v for k, v in (r["config"] or {}).items() if k != "run_dir"})
+    row["unreadable"] = r["reason"]
     out.append(row)
   return out
 
@@ -309,7 +374,7 @@ def _format(stats: Stats, density, bold: bool) -> str:
 
 
 def table(runs, metric: str = "test_accuracy", *, name: str | None = None,
-          dropped: int = 0) -> str:
+          dropped: int = 0, unreadable=()) -> str:
   """The Markdown table of ``metric`` (module docstring).
 
   Args:
@@ -317,6 +382,8 @@ def table(runs, metric: str = "test_accuracy", *, name: str | None = None,
     metric: a ``summary.json`` key.
     name: the experiment's name, for the caption.
     dropped: runs of the grid dropped before training (they cannot be built).
+    unreadable: runs whose files cannot be read (:func:`scan`), named in the
+      caption.
   """
   table_cells = cells(runs, metric)
   bold = _bold_cells(table_cells)
@@ -335,6 +402,10 @@ def table(runs, metric: str = "test_accuracy", *, name: str | None = None,
   if dropped:
     caption += (f" {dropped} runs of the grid were dropped before training: they cannot be "
                 "built (reasons in sweep.json).")
+  if unreadable:
+    names = ", ".join(r["name"] for r in unreadable[:5]) + (", ..." if len(unreadable) > 5 else "")
+    caption += (f" {len(unreadable)} finished runs cannot be read and are left out ({names}; "
+                "reasons in results.csv's unreadable column).")
   header = [*groups.panels, "method", *(f"requested density {d}" for d in densities)]
   lines = [caption, "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
   row_keys = list(dict.fromkeys((c.panel, c.series) for c in table_cells))
@@ -352,9 +423,7 @@ def _write_csv(path: Path, table_rows) -> None:
   writer = csv.DictWriter(out, fieldnames=fields)
   writer.writeheader()
   writer.writerows(table_rows)
-  tmp = path.with_suffix(".tmp")
-  tmp.write_text(out.getvalue())
-  tmp.replace(path)
+  write_atomic(path, out.getvalue())
 
 
 # ----------------------------------------------------------------------------
@@ -534,7 +603,9 @@ def draw_figures(runs, directory: Path, name: str | None = None) -> list[Path]:
   written = []
   for file_name, fig in figures(runs, name).items():
     path = Path(directory) / file_name
-    plotting.save(fig, path)
+    png = io.BytesIO()
+    plotting.save(fig, png)
+    write_atomic(path, png.getvalue())
     written.append(path)
   return written
 
@@ -555,18 +626,19 @@ def write(directory, *, figures: bool = True, out=None, name: str | None = None)
     ValueError: ``directory`` does not exist or holds no finished run.
   """
   directory = Path(directory)
-  runs = collect(directory)
+  runs, unreadable = scan(directory)
   if not runs:
+    reasons = "".join(f"; {r['name']}: {r['reason']}" for r in unreadable[:3])
     raise ValueError(f"report: no finished runs (config.json and summary.json) under "
-                     f"{directory}")
+                     f"{directory}{reasons}")
   name = name or directory.resolve().name
   out = directory if out is None else Path(out)
   out.mkdir(parents=True, exist_ok=True)
   results = out / "results.csv"
-  _write_csv(results, rows(runs))
+  _write_csv(results, rows(runs, unreadable))
   sweep = _read_json(directory / "sweep.json")
   dropped = len(sweep.get("dropped") or []) if isinstance(sweep, dict) else 0
-  (out / "table.md").write_text(table(runs, name=name, dropped=dropped))
+  write_atomic(out / "table.md", table(runs, name=name, dropped=dropped, unreadable=unreadable))
   if figures:
     try:
       draw_figures(runs, out, name)

@@ -10,14 +10,23 @@
 ``.lock``           held (``flock``) by the process training in it
 ==================  =========================================================
 
-Every file but ``metrics.jsonl`` is written to a temporary name and renamed
-into place, so a reader sees the old or the new file, never half of one. The
-JSONL log is appended a line at a time; a line cut by a kill is dropped when
-the run resumes.
+Every file but ``metrics.jsonl`` is written to a temporary name of its own
+(:func:`write_atomic`) and renamed into place, so a reader sees the old or the
+new file, never half of one. The JSONL log is appended a line at a time, each
+line on disk before the epoch's checkpoint; each checkpoint also holds the
+record of every epoch up to its own, so on resume the log is checked against
+it: lines after the checkpoint (a kill cut them or came before the
+checkpoint) are dropped, and missing or altered lines are rewritten from it
+with a one-line warning (:meth:`RunDir.history`).
+
+A run is identified by its configuration, not by where it lives: ``run_dir``
+(and the fields of :data:`RESUMABLE_FIELDS`) may differ between a run and its
+resumption, so a moved folder, a trailing slash or a relative path resumes.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import errno
 import fcntl
@@ -25,6 +34,7 @@ import io
 import json
 import os
 import tempfile
+import warnings
 from pathlib import Path
 
 
@@ -32,8 +42,68 @@ class RunDirError(ValueError):
   """The run directory cannot be used (unwritable, in use, or holding another run)."""
 
 
-# Fields that may differ between a run and its resumption.
-RESUMABLE_FIELDS = frozenset({"quiet", "log_every", "resume", "data_dir"})
+RESUMABLE_FIELDS = frozenset({"quiet", "log_every", "resume", "data_dir", "run_dir"})
+"""Fields that may differ between a run and its resumption (where the run and
+its data live, how it reports): the others are the run's identity."""
+
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
+
+
+def write_atomic(path, contents: str | bytes) -> None:
+  """Writes ``contents`` to ``path`` so that a reader sees the old file or the
+  new one, never part of one, and concurrent writers never share a temporary.
+
+  The contents go to a temporary file of a unique name in ``path``'s folder
+  (``tempfile.mkstemp``), are flushed to disk and renamed over ``path``.
+
+  Args:
+    path: the file to write (its folder must exist).
+    contents: the new contents (text, or bytes written as they are).
+
+  Example:
+    >>> write_atomic(Path("runs/demo/results.csv"), "a,b\n1,2\n")
+  """
+  path = Path(path)
+  handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+  try:
+    with os.fdopen(handle, "wb" if isinstance(contents, bytes) else "w") as f:
+      f.write(contents)
+      f.flush()
+      os.fsync(f.fileno())
+    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp's 0600 would hide results from others
+    os.replace(tmp, path)
+  except BaseException:
+    with contextlib.suppress(OSError):
+      os.unlink(tmp)
+    raise
+
+
+def config_changes(saved: dict, config: dict) -> list[str]:
+  """The identity fields (all but :data:`RESUMABLE_FIELDS`) in which ``config``
+  differs from the ``saved`` config of a run, sorted. ``1`` and ``1.0`` are
+  equal.
+
+  Example:
+    >>> config_changes({"density": 0.1, "run_dir": "a"}, {"density": 0.1, "run_dir": "./a/"})
+    []
+  """
+  missing = object()
+  return sorted(k for k in config
+                if k not in RESUMABLE_FIELDS and saved.get(k, missing) != config[k])
+
+
+def _free_sibling(path: Path) -> Path:
+  """``path`` with the first suffix ``-2``, ``-3``, ... that names nothing yet."""
+  n = 2
+  while path.with_name(f"{path.name}-{n}").exists():
+    n += 1
+  return path.with_name(f"{path.name}-{n}")
+
+
+def _canonical(record) -> str:
+  """One text per record (NaN equals NaN, key order aside)."""
+  return json.dumps(record, sort_keys=True)
 
 
 class RunDir:
@@ -81,15 +151,19 @@ class RunDir:
                         "remove it") from e
 
   def check_config(self, config: dict) -> None:
-    """Raises :class:`RunDirError` when the directory holds a run with another config."""
+    """Raises :class:`RunDirError` when the directory holds a run with another
+    config (:func:`config_changes`); the message offers a run directory that
+    keeps it and says what starting over deletes."""
     saved = self.saved_config()
     if saved is None:
       return
-    changed = sorted(k for k in config if k not in RESUMABLE_FIELDS and saved.get(k) != config[k])
+    changed = config_changes(saved, config)
     if changed:
       details = ", ".join(f"{k}: {saved.get(k)!r} -> {config[k]!r}" for k in changed)
-      raise RunDirError(f"run_dir: {self.path} holds a run with a different config ({details}); "
-                        "use another run_dir, or resume=false to start over in it")
+      raise RunDirError(
+          f"run_dir: {self.path} holds a run with a different config ({details}); to keep "
+          f"it, train in another directory (--run-dir {_free_sibling(self.path.absolute())}); "
+          "--resume false starts over in this one, deleting its checkpoints and metrics")
 
   # -- the lock ------------------------------------------------------------------
 
@@ -130,32 +204,63 @@ class RunDir:
   # -- files ----------------------------------------------------------------------
 
   def write(self, name: str, text: str) -> None:
-    """Writes ``name`` atomically (temporary file, fsync, rename)."""
-    target = self.path / name
-    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
-    with open(tmp, "w") as f:
-      f.write(text)
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(tmp, target)
+    """Writes ``name`` atomically (:func:`write_atomic`)."""
+    write_atomic(self.path / name, text)
 
   def write_json(self, name: str, value) -> None:
     self.write(name, json.dumps(value, indent=2) + "\n")
 
-  def history(self, before_epoch: int) -> list[dict]:
-    """The logged epochs before ``before_epoch`` (a line cut by a kill is dropped)."""
-    path = self.path / "metrics.jsonl"
-    if not path.exists():
-      return []
-    records = []
-    for line in path.read_text().splitlines():
+  def logged(self) -> dict[int, list[dict]]:
+    """The records of ``metrics.jsonl`` by epoch (lines that are not a record
+    of an epoch, such as one cut by a kill, are left out)."""
+    try:
+      lines = (self.path / "metrics.jsonl").read_text().splitlines()
+    except (OSError, UnicodeDecodeError):  # absent, unreadable or not text: no lines
+      return {}
+    out: dict[int, list[dict]] = {}
+    for line in lines:
       try:
         record = json.loads(line)
       except ValueError:
         continue
-      if isinstance(record, dict) and record.get("epoch", before_epoch) < before_epoch:
-        records.append(record)
-    return records
+      epoch = record.get("epoch") if isinstance(record, dict) else None
+      if isinstance(epoch, int) and not isinstance(epoch, bool) and epoch >= 0:
+        out.setdefault(epoch, []).append(record)
+    return out
+
+  def history(self, before_epoch: int, saved: list[dict] | None = None) -> list[dict] | None:
+    """The record of the epochs before ``before_epoch`` (the run resumes there).
+
+    Args:
+      before_epoch: the epoch the run resumes at (its checkpoint's epoch + 1).
+      saved: the record stored with that checkpoint (one record per epoch
+        ``0 .. before_epoch - 1``), or ``None`` for a checkpoint that holds
+        none.
+
+    Returns:
+      ``saved`` when given: the log's lines for those epochs are compared
+      with it, and any that are missing, repeated or altered are named in a
+      one-line warning (:meth:`start_log` then rewrites them). Without it,
+      the log's lines when they hold each epoch once, else ``None`` (a
+      warning says the run starts over). Lines of later epochs are dropped
+      either way: a kill came before their checkpoint.
+    """
+    logged = self.logged()
+    if saved is not None:
+      bad = [e for e, record in enumerate(saved)
+             if [_canonical(r) for r in logged.get(e, [])] != [_canonical(record)]]
+      if bad:
+        warnings.warn(f"{self.path / 'metrics.jsonl'}: the lines of epochs {_epochs_text(bad)} "
+                      f"were missing or damaged; rewritten from checkpoint {before_epoch - 1}",
+                      RuntimeWarning, stacklevel=2)
+      return list(saved)
+    missing = [e for e in range(before_epoch) if len(logged.get(e, [])) != 1]
+    if missing:
+      warnings.warn(f"{self.path / 'metrics.jsonl'}: the lines of epochs {_epochs_text(missing)} "
+                    f"are missing or repeated and checkpoint {before_epoch - 1} holds no record "
+                    "of them; the run starts over", RuntimeWarning, stacklevel=2)
+      return None
+    return [logged[e][0] for e in range(before_epoch)]
 
   def start_log(self, history: list[dict]) -> None:
     """Rewrites the logs to hold exactly ``history`` (the epochs being resumed from)."""
@@ -177,3 +282,9 @@ class RunDir:
     writer.writeheader()
     writer.writerows(history)
     self.write("metrics.csv", out.getvalue())
+
+
+def _epochs_text(epochs: list[int]) -> str:
+  """``0, 1, 2`` (at most ten, then ``...``)."""
+  shown = ", ".join(str(e) for e in epochs[:10])
+  return shown + (", ..." if len(epochs) > 10 else "")

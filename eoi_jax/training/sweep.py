@@ -36,11 +36,12 @@ import itertools
 import json
 import os
 import time
+import typing
 from pathlib import Path
 
 import jax
 
-from eoi_jax.training import multirun, plan, report
+from eoi_jax.training import multirun, plan, report, rundir
 from eoi_jax.training.config import Config, validate
 from eoi_jax.training.progress import Progress
 
@@ -64,6 +65,24 @@ def _check_grid(base: Config, grid) -> dict:
   return out
 
 
+def _normalised(name: str, value):
+  """``value`` of field ``name`` as the config holds it canonically: an int
+  where the field takes a float becomes that float (``1`` -> ``1.0``)."""
+  kind = typing.get_type_hints(Config)[name]
+  takes_float = kind is float or float in typing.get_args(kind)
+  if takes_float and isinstance(value, int) and not isinstance(value, bool):
+    return float(value)
+  return value
+
+
+def _identity(config: Config) -> tuple:
+  """What makes a run itself (:func:`eoi_jax.training.rundir.config_changes`):
+  every field outside :data:`~eoi_jax.training.rundir.RESUMABLE_FIELDS`."""
+  return tuple((k, json.dumps(_normalised(k, v)))
+               for k, v in sorted(dataclasses.asdict(config).items())
+               if k not in rundir.RESUMABLE_FIELDS)
+
+
 def run_name(point: dict) -> str:
   """A run directory name for a grid point: ``field=value,...`` in grid order."""
   return ",".join(f"{k}={v}" for k, v in point.items()).replace("/", "_").replace(" ", "")
@@ -79,6 +98,9 @@ def expand(base: Config, grid, sweep_dir) -> list[Config]:
     sweep_dir: the sweep's directory; run ``p`` lives in
       ``sweep_dir/runs/<run_name(p)>``.
 
+  Points that make the same run (``1`` and ``1.0``, a value equal to the
+  base's given in two grids of a union) give one config, the first.
+
   Raises:
     ValueError: an unknown field, an empty value list, a point whose config
       is invalid (names the point), or two points with one run name.
@@ -86,11 +108,11 @@ def expand(base: Config, grid, sweep_dir) -> list[Config]:
   grids = grid if isinstance(grid, (list, tuple)) else [grid]
   if not grids:
     raise ValueError("grid: an empty list of grids")
-  configs, names = [], {}
+  configs, names, seen = [], {}, set()
   for one in grids:
     one = _check_grid(base, one)
     for values in itertools.product(*one.values()):
-      point = dict(zip(one, values))
+      point = {k: _normalised(k, v) for k, v in zip(one, values)}
       name = run_name(point)
       try:
         config = dataclasses.replace(base, **point,
@@ -101,21 +123,27 @@ def expand(base: Config, grid, sweep_dir) -> list[Config]:
         if names[name] != config:
           raise ValueError(f"grid: two points are named {name!r} with different configs")
         continue
+      if _identity(config) in seen:
+        continue
+      seen.add(_identity(config))
       names[name] = config
       configs.append(config)
   return configs
 
 
 def finished(config: Config) -> bool:
-  """Whether ``config.run_dir`` holds a finished run of exactly ``config``."""
+  """Whether ``config.run_dir`` holds a finished run of ``config`` (the same
+  run: :func:`eoi_jax.training.rundir.config_changes`, so a moved sweep's runs
+  stay finished)."""
   run = Path(config.run_dir)
   try:
     saved = json.loads((run / "config.json").read_text())
     summary = json.loads((run / "summary.json").read_text())
   except (OSError, ValueError):
     return False
-  wanted = dataclasses.asdict(config)
-  same = all(saved.get(k) == v for k, v in wanted.items() if k not in ("quiet", "log_every"))
+  if not isinstance(saved, dict) or not isinstance(summary, dict):
+    return False
+  same = not rundir.config_changes(saved, dataclasses.asdict(config))
   return same and summary.get("epochs_done") == config.epochs
 
 
@@ -220,7 +248,7 @@ def write_record(directory, record: dict, *, sweep_dir=None) -> Path:
     record = {**record, "sweep_dir": os.path.relpath(Path(sweep_dir).resolve(),
                                                      directory.resolve())}
   path = directory / "sweep.json"
-  path.write_text(json.dumps(record, indent=2) + "\n")
+  rundir.write_atomic(path, json.dumps(record, indent=2) + "\n")
   return path
 
 
