@@ -52,13 +52,16 @@ def test_many_queued_collective_steps_do_not_abort():
 # ----------------------------------------------------------------------------
 # Training under faults: each runs the command line in a subprocess.
 
+import gzip  # noqa: E402
 import json  # noqa: E402
 import shutil  # noqa: E402
 import signal  # noqa: E402
+import time  # noqa: E402
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
+from eoi_jax.training import data  # noqa: E402
 from eoi_jax.training.data import formats  # noqa: E402
 
 # 1350 training examples of the digits at batch 64: 21 steps an epoch.
@@ -70,8 +73,14 @@ RUN_ARGS = ["--config", "digits_smoke", "--epochs", "3", "--quiet", "true"]
 #                    written, not yet renamed into place);
 #   kill_after_log N SIGKILL right after epoch N's line is logged (before its
 #                    checkpoint is written);
+#   lose_line_then_kill N  epoch N's line is never written, and SIGKILL comes
+#                    once its checkpoint is complete (the window a run that
+#                    wrote checkpoints first would have: a checkpoint whose
+#                    epoch has no line);
 #   nan_from_step N  parameters become NaN from optimizer step N on;
-#   pause_in_lock F  once the run directory is locked, wait until file F exists.
+#   pause_in_lock F  once the run directory is locked, wait until file F exists;
+#   pause_before_lock F  after the checks made before locking, write F.waiting
+#                    and wait until F exists.
 DRIVER = """
 import json, os, signal, sys, time
 fault, arg, argv = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
@@ -104,6 +113,18 @@ elif fault == "kill_after_log":
     if record["epoch"] == int(arg):
       die()
   rundir.RunDir.log = killing_log
+elif fault == "lose_line_then_kill":
+  from eoi_jax.training import checkpoints
+  log, save = rundir.RunDir.log, checkpoints.CheckpointStore.save
+  def losing_log(self, record, history):
+    if record["epoch"] != int(arg):
+      log(self, record, history)
+  def killing_save(self, step, state, history=None):
+    save(self, step, state, history)
+    if step == int(arg):
+      die()
+  rundir.RunDir.log = losing_log
+  checkpoints.CheckpointStore.save = killing_save
 elif fault == "nan_from_step":
   import jax, jax.numpy as jnp
   step = train.train_step
@@ -120,6 +141,14 @@ elif fault == "pause_in_lock":
       time.sleep(0.05)
     return start_log(self, history)
   rundir.RunDir.start_log = paused_start_log
+elif fault == "pause_before_lock":
+  lock = rundir.RunDir.lock
+  def paused_lock(self):
+    open(arg + ".waiting", "w").close()
+    while not os.path.exists(arg):
+      time.sleep(0.05)
+    return lock(self)
+  rundir.RunDir.lock = paused_lock
 sys.exit(cli.main(argv))
 """
 
@@ -141,7 +170,7 @@ def _env():
               JAX_COMPILATION_CACHE_DIR=_CACHE["dir"])
 
 
-def _train(run_dir, *extra, fault=None, arg="0", data_dir=None, wait=True):
+def _train(run_dir, *extra, fault=None, arg="0", data_dir=None, wait=True, cwd=None):
   argv = ["train", *RUN_ARGS, "--run-dir", str(run_dir), *extra]
   if data_dir is not None:
     argv += ["--data-dir", str(data_dir)]
@@ -150,7 +179,7 @@ def _train(run_dir, *extra, fault=None, arg="0", data_dir=None, wait=True):
   else:
     command = [sys.executable, "-c", DRIVER, fault, str(arg), json.dumps(argv)]
   proc = subprocess.Popen(command, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                          text=True)
+                          text=True, cwd=cwd)
   if not wait:
     return proc
   out, err = proc.communicate(timeout=600)
@@ -166,14 +195,18 @@ def _epochs(run_dir):
   return [json.loads(line)["epoch"] for line in lines]
 
 
+REAL_DIGITS = data.default_data_dir() / "digits" / "digits.csv.gz"
+
+
 @pytest.fixture(scope="module")
 def digits_dir(tmp_path_factory):
-  """A digits data directory in the exact scikit-learn format (random pixels)."""
+  """A data directory holding a copy of the digits (verified when loaded, so
+  they must be scikit-learn's)."""
+  if not REAL_DIGITS.exists():
+    pytest.skip("digits not provisioned (eoi-jax data fetch digits)")
   root = tmp_path_factory.mktemp("data")
-  rng = np.random.default_rng(0)
-  labels = np.arange(1797) % 10
-  formats.write_digits_csv(root / "digits" / "digits.csv.gz",
-                           (rng.integers(0, 17, (1797, 64)) + labels[:, None]) // 2, labels)
+  (root / "digits").mkdir()
+  shutil.copyfile(REAL_DIGITS, root / "digits" / "digits.csv.gz")
   return root
 
 
@@ -237,6 +270,42 @@ def test_kill_between_an_epochs_line_and_its_checkpoint_resumes_to_a_complete_re
   _assert_equal_to_reference(run_dir, reference)
 
 
+def test_a_checkpoint_whose_epoch_has_no_line_restores_the_line(tmp_path, digits_dir, reference):
+  # The kill window of a run that wrote its checkpoint before its line: the
+  # last epoch's checkpoint is complete, its line and summary.json are not.
+  # The rerun takes the line from the checkpoint: exit 0, every epoch
+  # logged, the summary of the final parameters.
+  run_dir = tmp_path / "run"
+  code, _, _ = _train(run_dir, fault="lose_line_then_kill", arg=2, data_dir=digits_dir)
+  assert code == -signal.SIGKILL and _epochs(run_dir) == [0, 1]
+  assert not (run_dir / "summary.json").exists()
+  code, _, err = _train(run_dir, data_dir=digits_dir)
+  assert code == 0, err[-2000:]
+  warnings = [line for line in err.splitlines() if "warning" in line]
+  assert warnings == [f"eoi-jax: warning: {run_dir / 'metrics.jsonl'}: the lines of epochs 2 "
+                      "were missing or damaged; rewritten from checkpoint 2"]
+  _assert_equal_to_reference(run_dir, reference)
+  assert _summary(run_dir)["epochs_done"] == 3
+
+
+def test_a_moved_run_with_a_damaged_record_resumes_and_repairs_it(tmp_path, digits_dir,
+                                                                   reference):
+  # A finished run moved elsewhere and named by a relative path with a
+  # trailing slash is the same run; an altered line and a lost one (and a
+  # lost summary.json) are rewritten from its checkpoint, nothing retrained.
+  moved = tmp_path / "moved"
+  shutil.copytree(Path(reference["run_dir"]), moved)
+  lines = (moved / "metrics.jsonl").read_text().splitlines()
+  altered = dict(json.loads(lines[0]), test_accuracy=0.0833)
+  (moved / "metrics.jsonl").write_text(json.dumps(altered) + "\n" + lines[1] + "\n")
+  (moved / "summary.json").unlink()
+  code, _, err = _train("./moved/", data_dir=digits_dir, cwd=tmp_path)
+  assert code == 0, err[-2000:]
+  assert "the lines of epochs 0, 2 were missing or damaged" in err and "config" not in err
+  assert (moved / "metrics.jsonl").read_text().splitlines() == lines
+  _assert_equal_to_reference(moved, reference)
+
+
 def test_damaged_latest_checkpoint_falls_back_to_the_previous(tmp_path, digits_dir, reference):
   run_dir = tmp_path / "run"
   code, _, _ = _train(run_dir, fault="kill_after_log", arg=2, data_dir=digits_dir)
@@ -288,6 +357,26 @@ def test_damaged_dataset_file_names_the_file_and_touches_nothing(tmp_path, digit
   assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.parametrize("damage", ["shuffled_test_labels", "train_set_cut"])
+def test_data_that_decodes_but_is_not_the_dataset_is_refused(tmp_path, digits_dir, damage):
+  data_dir = tmp_path / "data"
+  shutil.copytree(digits_dir, data_dir)
+  target = data_dir / "digits" / "digits.csv.gz"
+  with gzip.open(target, "rt") as f:
+    table = np.loadtxt(f, delimiter=",").astype(np.int64)
+  if damage == "shuffled_test_labels":
+    table[1500:, 64] = np.random.default_rng(0).permutation(table[1500:, 64])
+    expected = "digits test: content checksum mismatch"
+  else:
+    table = table[:1200]  # the digits split by position: 1200 train, no test
+    expected = "digits: 1200/0 train/test examples, expected (1500, 297)"
+  formats.write_digits_csv(target, table[:, :64], table[:, 64])
+  code, _, err = _train(tmp_path / "run", data_dir=data_dir)
+  assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+  assert expected in err and "eoi-jax data verify digits" in err
+  assert not (tmp_path / "run").exists()
+
+
 def _config_file(tmp_path, **fields):
   path = tmp_path / "config.json"
   path.write_text(json.dumps(dict(dataset="digits", depth=4, width=64, **fields)))
@@ -296,8 +385,8 @@ def _config_file(tmp_path, **fields):
 
 @pytest.mark.parametrize("case", [
     "run_dir_under_a_file", "run_dir_unwritable", "unknown_preset", "unknown_field_in_file",
-    "unknown_flag", "zero_epochs", "negative_epochs", "batch_larger_than_the_data",
-    "density_sao_cannot_build", "bad_value_type"])
+    "unknown_flag", "zero_epochs", "negative_epochs", "zero_depth", "negative_width",
+    "batch_larger_than_the_data", "density_sao_cannot_build", "bad_value_type"])
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, digits_dir, case):
   run_dir = tmp_path / "run"
   blocker = tmp_path / "a_file"
@@ -311,6 +400,8 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, digits_dir, c
       "unknown_flag": lambda: (["--densty", "0.1"], "--densty"),
       "zero_epochs": lambda: (["--epochs", "0"], "epochs"),
       "negative_epochs": lambda: (["--epochs", "-3"], "epochs"),
+      "zero_depth": lambda: (["--depth", "0"], "depth"),
+      "negative_width": lambda: (["--width", "-8"], "width"),
       "batch_larger_than_the_data": lambda: (["--batch-size", "5000"], "batch_size"),
       "density_sao_cannot_build": lambda: (["--init", "sao", "--density", "0.1"], "density"),
       "bad_value_type": lambda: (["--config", _config_file(tmp_path, lr="fast")], "lr"),
@@ -332,7 +423,35 @@ def test_config_mismatch_on_resume_is_refused_and_changes_nothing(tmp_path, digi
   code, _, err = _train(run_dir, "--epochs", "1", "--density", "0.5", data_dir=digits_dir)
   assert code == 2 and len(err.strip().splitlines()) == 1
   assert "different config" in err and "density: 0.25 -> 0.5" in err
+  # A way to keep the run, and what starting over would delete.
+  assert f"--run-dir {run_dir}-2" in err and "--resume false starts over in this one, deleting" in err
   assert {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()} == before
+
+
+def test_runs_started_together_without_checkpoints_never_overwrite_each_other(tmp_path,
+                                                                               digits_dir):
+  # The second run passes the checks made before locking while the folder is
+  # empty, then waits; the first trains and finishes. Under the lock the
+  # second finds the first's config and is refused; the first's files stay.
+  run_dir, go = tmp_path / "run", tmp_path / "go"
+  args = ["--checkpoint", "false", "--epochs", "1"]
+  second = _train(run_dir, *args, "--density", "0.5", fault="pause_before_lock", arg=go,
+                  data_dir=digits_dir, wait=False)
+  try:
+    deadline = time.time() + 300
+    while not Path(f"{go}.waiting").exists():
+      assert second.poll() is None and time.time() < deadline
+      time.sleep(0.1)
+    code, _, err = _train(run_dir, *args, data_dir=digits_dir)
+    assert code == 0, err[-2000:]
+    before = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file() and p.name != ".lock"}
+  finally:
+    go.write_text("go")
+    _, err = second.communicate(timeout=600)
+  assert second.returncode == 2 and len(err.strip().splitlines()) == 1, err[-2000:]
+  assert "different config (density: 0.25 -> 0.5)" in err
+  assert {p: p.read_bytes() for p in run_dir.rglob("*")
+          if p.is_file() and p.name != ".lock"} == before
 
 
 def test_a_second_run_on_the_same_directory_is_refused(tmp_path, digits_dir, reference):
