@@ -428,7 +428,8 @@ def _train(configs, runs, stores, spec, state, sparsities, loader, eval_loaders,
            stop_after_epoch, progress_label, current):
   base = configs[0]
   by_run = jax.sharding.NamedSharding(mesh, jax.P("runs"))
-  start_epoch, state, histories = _restore(configs, runs, stores, state)
+  with interrupts.deferred():  # Orbax's reads are not to be cut off (their threads then fail)
+    start_epoch, state, histories = _restore(configs, runs, stores, state)
   if writes:
     for run, c, sparsity, history in zip(runs, configs, sparsities, histories):
       run.write_json("config.json", dataclasses.asdict(c))
