@@ -4,12 +4,16 @@ Presets follow the paper's protocol (SGD with Nesterov momentum 0.9, coupled L2
 1e-4, batch 128, step decay x0.1 at 50% and 75%, 10% validation hold-out);
 every field can be overridden: ``eoi-jax train --config mnist_mlp --density 0.05``.
 A config file (JSON with any subset of the fields) works in place of a preset name.
+Unless ``run_dir`` is given, :func:`make_config` names the run directory after
+the config (:func:`default_run_dir`), so distinct configs never share one.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
+import math
 import typing
 from pathlib import Path
 from typing import Optional, Union
@@ -47,7 +51,7 @@ class Config:
   batch_size: int = 128
   seed: int = 0
   # Running.
-  run_dir: str = "runs/default"
+  run_dir: str = "runs/default"  # make_config names it after the config (default_run_dir)
   devices: Optional[int] = None  # use the first N devices (default: all)
   jacobian: bool = False  # log Jacobian singular values at each epoch's first batch
   checkpoint: bool = True
@@ -110,16 +114,78 @@ def _convert(field: dataclasses.Field, text):
   raise ValueError(f"{field.name}: cannot parse {text!r} as {kind}")
 
 
+RUNS_ROOT = "runs"
+"""Where :func:`default_run_dir` puts run directories (relative to the working directory)."""
+
+_LONGEST_RUN_NAME = 120  # characters; longer names end in a hash (file systems allow 255)
+
+
+def _name_part(value) -> str:
+  """A config value as it appears in a run directory's name."""
+  text = str(value).lower() if isinstance(value, bool) or value is None else str(value)
+  return "".join(c if c.isalnum() or c in ".-+" else "_" for c in text)
+
+
+def default_run_dir(name: str, config: Config, base_values: dict) -> str:
+  """``runs/<name>_<init>_<density>[_<field>=<value>...]``: the run directory
+  :func:`make_config` gives a config when none is asked for.
+
+  The fields after the density are those (besides ``init`` and ``density``)
+  whose value differs from ``base_values`` (the preset's or the config file's
+  own values, else the :class:`Config` defaults), in field order; fields a run
+  may change when resumed (where it lives, how it reports:
+  :data:`eoi_jax.training.rundir.RESUMABLE_FIELDS`) are left out. So two
+  configs of one preset share a directory exactly when they are the same
+  run. A name longer than 120 characters keeps its start and ends in a hash
+  of the differing fields.
+
+  Args:
+    name: the preset's name or the config file's stem.
+    config: the config.
+    base_values: the fields set by the preset or the file.
+
+  Returns:
+    The path, relative to the working directory.
+
+  Example:
+    >>> default_run_dir("mnist_mlp", make_config("mnist_mlp", epochs=20), {})
+    'runs/mnist_mlp_eoi_0.1_epochs=20'
+  """
+  from eoi_jax.training.rundir import RESUMABLE_FIELDS  # late: keep config importable fast
+
+  extras = []
+  for field in dataclasses.fields(Config):
+    if field.name in RESUMABLE_FIELDS or field.name in ("init", "density"):
+      continue
+    value = getattr(config, field.name)
+    if value != base_values.get(field.name, field.default):
+      extras.append(f"{field.name}={_name_part(value)}")
+  parts = [_name_part(name), _name_part(config.init), _name_part(config.density)]
+  run_name = "_".join(parts + extras)
+  if len(run_name) > _LONGEST_RUN_NAME:
+    digest = hashlib.sha256("_".join(extras).encode()).hexdigest()[:12]
+    run_name = "_".join(parts)[:_LONGEST_RUN_NAME - 13] + "_" + digest
+  return f"{RUNS_ROOT}/{run_name}"
+
+
 def make_config(base: str = "mnist_mlp", **overrides) -> Config:
   """A preset name or a JSON file, with field overrides (strings are parsed).
 
-  The result is validated (as every :class:`Config` is when built).
+  The result is validated (as every :class:`Config` is when built). Unless
+  the preset, the file or an override sets ``run_dir``, it is
+  :func:`default_run_dir` (named after the preset or file and the fields
+  that differ from it).
 
   Raises:
     ValueError: unknown preset, unknown field, unparsable or invalid value.
+
+  Example:
+    >>> make_config("digits_smoke", epochs=5).run_dir
+    'runs/digits_smoke_eoi_0.25_epochs=5'
   """
   if base in PRESETS:
     values = dict(PRESETS[base])
+    name, base_values = base, dict(PRESETS[base])
   elif Path(base).is_file():
     try:
       values = json.loads(Path(base).read_text())
@@ -127,15 +193,20 @@ def make_config(base: str = "mnist_mlp", **overrides) -> Config:
       raise ValueError(f"config: {base} is not valid JSON ({e})") from None
     if not isinstance(values, dict):
       raise ValueError(f"config: {base} must hold a JSON object of fields")
+    # A file's own fields are part of its runs' names: files of one stem differ.
+    name, base_values = Path(base).stem, {}
   else:
     raise ValueError(f"config must be a preset {sorted(PRESETS)} or a JSON file, got {base!r}")
   fields = {f.name: f for f in dataclasses.fields(Config)}
   unknown = sorted(set(values) - set(fields)) + sorted(set(overrides) - set(fields))
   if unknown:
     raise ValueError(f"unknown config fields {unknown}")
-  for name, value in overrides.items():
-    values[name] = _convert(fields[name], value)
-  return Config(**values)
+  for field, value in overrides.items():
+    values[field] = _convert(fields[field], value)
+  config = Config(**values)
+  if "run_dir" not in values:
+    config = dataclasses.replace(config, run_dir=default_run_dir(name, config, base_values))
+  return config
 
 
 def _type_ok(value, kind) -> bool:
@@ -148,6 +219,9 @@ def _type_ok(value, kind) -> bool:
   if kind is int:
     return isinstance(value, int) and not isinstance(value, bool)
   return isinstance(value, kind)
+
+
+_INT32_MIN, _INT32_MAX = -2**31, 2**31 - 1
 
 
 def validate(config: Config) -> Config:
@@ -167,6 +241,13 @@ def validate(config: Config) -> Config:
     if not _type_ok(value, kind):
       raise ValueError(f"{name} must be of type {getattr(kind, '__name__', kind)}, got "
                        f"{type(value).__name__} {value!r}")
+    # Seeds, sizes and counts reach JAX as int32; an infinite rate trains nothing.
+    if isinstance(value, int) and not isinstance(value, bool) and not (
+        _INT32_MIN <= value <= _INT32_MAX):
+      raise ValueError(f"{name} is out of range: {value} does not fit in a 32-bit signed "
+                       f"integer ({_INT32_MIN} to {_INT32_MAX})")
+    if isinstance(value, float) and not math.isfinite(value):
+      raise ValueError(f"{name} must be finite, got {value!r}")
   checks = [
       (config.dataset in data.SPECS, f"dataset must be one of {list(data.SPECS)}"),
       (config.model in models.MODELS, f"model must be one of {list(models.MODELS)}"),
