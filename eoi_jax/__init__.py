@@ -11,7 +11,8 @@ The package in three parts:
   (:mod:`~eoi_jax.kernels`) and Flax initializers
   (:mod:`~eoi_jax.initializers`), the layer view of a params tree
   (:mod:`~eoi_jax.layers`), masks, allocators, the static-sparse optax
-  transform and summaries;
+  transform, summaries, and block-sparse kernels stored compressed
+  (:mod:`~eoi_jax.block_sparse`);
 * :mod:`eoi_jax.methods`: EOI and the baselines over whole networks, one
   registry of methods;
 * :mod:`eoi_jax.training`: models, data, the training loop, configs and the
@@ -19,6 +20,7 @@ The package in three parts:
 """
 
 from eoi_jax import allocation
+from eoi_jax import block_sparse
 from eoi_jax import chain
 from eoi_jax import givens
 from eoi_jax import initializers
@@ -27,6 +29,11 @@ from eoi_jax import kinds
 from eoi_jax import layers
 from eoi_jax import masking
 from eoi_jax import methods
+from eoi_jax.block_sparse import BlockLayout
+from eoi_jax.block_sparse import BlockSparse
+from eoi_jax.block_sparse import block_matmul
+from eoi_jax.block_sparse import block_stack_apply
+from eoi_jax.block_sparse import random_block_mask
 from eoi_jax.givens import GivensResult
 from eoi_jax.givens import givens_orthogonal
 from eoi_jax.givens import rotation_sequence
@@ -55,6 +62,8 @@ from eoi_jax.summary import sparsity_summary
 __version__ = "0.1.0"
 
 __all__ = [
+    "BlockLayout",
+    "BlockSparse",
     "GivensResult",
     "KernelKind",
     "Layout",
@@ -63,6 +72,9 @@ __all__ = [
     "StaticSparseState",
     "allocation",
     "apply_masks",
+    "block_matmul",
+    "block_sparse",
+    "block_stack_apply",
     "center_density_for",
     "chain",
     "eoi_batch",
@@ -81,6 +93,7 @@ __all__ = [
     "masking",
     "methods",
     "model_layout",
+    "random_block_mask",
     "random_masks",
     "rotation_sequence",
     "sparse_delta_orthogonal",
