@@ -38,6 +38,7 @@ import re
 import shlex
 import signal
 import sys
+import threading
 import traceback
 import warnings
 from pathlib import Path
@@ -357,11 +358,33 @@ def _log_to(path: Path) -> None:
   _log.append(handler)
 
 
+def _log_exception(kind, value, tb, *rest):
+  """Where an exception no one catches goes while a command runs: the log
+  file (TensorStore's callbacks raise after a failed Orbax save has closed
+  its event loop, one traceback each, printed through ``sys.excepthook``)."""
+  if _log:
+    logging.getLogger("eoi_jax").error("%s", "".join(traceback.format_exception(kind, value, tb)))
+  else:
+    sys.__excepthook__(kind, value, tb)
+
+
+def _log_thread_exception(args):
+  _log_exception(args.exc_type, args.exc_value, args.exc_traceback)
+
+
+def _log_unraisable(args):
+  _log_exception(args.exc_type, args.exc_value, args.exc_traceback)
+
+
 @contextlib.contextmanager
 def _logging():
+  hooks = sys.excepthook, threading.excepthook, sys.unraisablehook
+  sys.excepthook, threading.excepthook = _log_exception, _log_thread_exception
+  sys.unraisablehook = _log_unraisable
   try:
     yield
   finally:
+    sys.excepthook, threading.excepthook, sys.unraisablehook = hooks
     for handler in _log:
       for name in _LOGGERS:
         logging.getLogger(name).removeHandler(handler)
@@ -396,8 +419,9 @@ def os_error_of(error: BaseException) -> tuple[int, str] | None:
     if isinstance(error, OSError) and error.errno:
       return error.errno, str(error.filename or "")
     code = re.search(r"os_error_code='?(\d+)", str(error))
-    if code:
-      path = re.search(r'"([^"]+)"', str(error))
+    if code:  # TensorStore quotes keys and paths: the file's is the one it names a file
+      path = (re.search(r'file "([^"]+)"', str(error))
+              or re.search(r'"(/[^"]+)"', str(error)))
       return int(code.group(1)), path.group(1) if path else ""
     error = error.__cause__ if error.__cause__ is not None or error.__suppress_context__ \
         else error.__context__
@@ -440,7 +464,9 @@ def main(argv=None) -> int:
       if found is not None and found[0] != errno.ENOENT:
         if _log:
           logging.getLogger("eoi_jax").error("%s", "".join(traceback.format_exception(e)))
-        print(f"eoi-jax: error: {_os_error_line(*found)}{_details()}", file=sys.stderr)
+        code, path = found  # an error without a file name: the command's output folder
+        path = path or (str(_log[0].path.parent) if _log else "")
+        print(f"eoi-jax: error: {_os_error_line(code, path)}{_details()}", file=sys.stderr)
         return 2
       if isinstance(e, (ValueError, TypeError, OverflowError, FileNotFoundError)):
         print(f"eoi-jax: error: {e}", file=sys.stderr)
