@@ -234,12 +234,12 @@ def _grouped_padded(x, blocks, layout, tables):
   return jnp.swapaxes(out, 0, 1).reshape(batch, -1)
 
 
-def formulations(quick: bool, rounds: int) -> None:
+def formulations(quick: bool, blocks, rounds: int) -> None:
   width, density = (1024, 0.1) if quick else (4096, 0.1)
   x = jax.random.normal(jax.random.key(0), (BATCH, width))
   kernel = jax.random.normal(jax.random.key(1), (width, width)) / np.sqrt(width)
   rows = []
-  for block in (16, 64) if quick else (16, 32, 64, 128):
+  for block in blocks:
     mask = block_sparse.random_block_mask(jax.random.key(2), (width, width), block, density)
     w = block_sparse.compress(kernel, mask, block)
     layout = w.layout
@@ -286,7 +286,7 @@ def main(argv=None) -> int:
   if args.quick:
     args.densities, args.blocks, args.rounds, args.steps = [0.1], [16, 32], 1, 1
   if args.formulations:
-    formulations(args.quick, args.rounds)
+    formulations(args.quick, args.blocks, args.rounds)
     return 0
   specs = QUICK if args.quick else MODELS
   rows = []

@@ -260,6 +260,20 @@ def _train(model, masks, batches, inner):
   return nnx.merge(graphdef, params), params, opt_state
 
 
+def test_layers_draw_the_dense_layers_kernels_on_their_blocks():
+  mask = block_sparse.random_block_mask(jax.random.key(16), (32, 48), 16, 0.5)
+  layer = block_models.BlockSparseLinear(32, 48, 16, block_mask=mask, rngs=nnx.Rngs(0))
+  dense = nnx.Linear(32, 48, rngs=nnx.Rngs(0))
+  np.testing.assert_array_equal(layer.dense_kernel(), jnp.where(mask, dense.kernel[...], 0.0))
+  masks = block_sparse.random_block_mask(jax.random.key(17), (3, 32, 32), 16, 0.5)
+  stack = block_models.BlockSparseStack(3, 32, 16, jnp.tanh, block_masks=masks,
+                                        rngs=nnx.Rngs(1))
+  dense_stack = models.DenseStack(3, 32, jnp.tanh, rngs=nnx.Rngs(1))
+  np.testing.assert_array_equal(stack.dense_kernel(), jnp.where(masks, dense_stack.kernel[...], 0.0))
+  with pytest.raises(ValueError, match="needs rngs"):
+    block_models.BlockSparseLinear(32, 48, 16, block_mask=mask)
+
+
 def test_compress_mlp_round_trip_is_bitwise():
   mlp, masks = _masked_mlp(jax.random.key(7))
   model, block_masks = block_models.compress_mlp(mlp, masks, 8)
