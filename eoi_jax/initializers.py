@@ -65,6 +65,8 @@ class _Options:
     key = _validation.check_key(key)
     shape = _validation.check_shape(shape, range(2, 9))
     kind = kinds.resolve(shape, **self.axes)
+    if self.axes["feature_group_count"] is None:
+      kinds.warn_if_ambiguous(shape, kind, stacklevel=3)  # at the initializer's caller
     if not kind.conv and (self.center_density is not None or self.structured):
       raise ValueError(f"center_density and structured apply to conv kernels; shape {shape} "
                        f"is not one (pass conv=True if its extra axes are conv taps)")
@@ -74,7 +76,7 @@ class _Options:
 
 
 def eoi(density, gain=1.0, *, in_axis=None, out_axis=None, batch_axis=(), conv=None,
-        feature_group_count: int = 1, center_density=None, structured: bool = False):
+        feature_group_count: int | None = None, center_density=None, structured: bool = False):
   """EOI kernel initializer.
 
   Args:
@@ -89,7 +91,11 @@ def eoi(density, gain=1.0, *, in_axis=None, out_axis=None, batch_axis=(), conv=N
     feature_group_count: a grouped conv's groups, as passed to ``nnx.Conv``:
       each group's centre block is its own exact orthogonal matrix; a
       depthwise kernel (``feature_group_count == in_features``) is an isometry
-      channel by channel.
+      channel by channel. ``None`` (the default) is 1; a conv kernel with one
+      input channel, ``(k, k, 1, out)``, then gets a
+      :class:`eoi_jax.kinds.AmbiguousConvWarning`: the initializer cannot tell
+      a depthwise conv (pass its groups) from a conv on one input channel
+      (pass 1).
     center_density, structured: conv options (see
       :func:`eoi_jax.sparse_delta_orthogonal`).
 
@@ -119,7 +125,8 @@ def eoi(density, gain=1.0, *, in_axis=None, out_axis=None, batch_axis=(), conv=N
 
 
 def eoi_mask(density, gain=1.0, *, in_axis=None, out_axis=None, batch_axis=(), conv=None,
-             feature_group_count: int = 1, center_density=None, structured: bool = False):
+             feature_group_count: int | None = None, center_density=None,
+             structured: bool = False):
   """Mask initializer matching :func:`eoi` for the same key and arguments.
 
   Args:

@@ -34,9 +34,16 @@ from __future__ import annotations
 
 import math
 import numbers
+import warnings
 from typing import NamedTuple, Sequence
 
 import numpy as np
+
+
+class AmbiguousConvWarning(UserWarning):
+  """A conv kernel with one input channel and no ``feature_group_count``: the
+  shape of a depthwise conv's kernel (``(k, k, 1, channels * multiplier)``) and
+  of a conv on one input channel (a grayscale image's first layer) alike."""
 
 
 class KernelKind(NamedTuple):
@@ -101,22 +108,25 @@ def _looks_like_conv(shape) -> bool:
 
 
 def check_arguments(in_axis=None, out_axis=None, batch_axis=(), conv=None,
-                    feature_group_count: int = 1):
+                    feature_group_count: int | None = None):
   """Checks the types of :func:`resolve`'s arguments (before any shape is known)."""
   for value, name in [(in_axis, "in_axis"), (out_axis, "out_axis"), (batch_axis, "batch_axis")]:
     if value is not None:
       _axes(value, 1 << 16, name)
-  if isinstance(feature_group_count, bool) or not isinstance(feature_group_count,
+  if feature_group_count is None:
+    pass
+  elif isinstance(feature_group_count, bool) or not isinstance(feature_group_count,
                                                              numbers.Integral):
-    raise TypeError(f"feature_group_count must be a positive int, got {feature_group_count!r}")
-  if feature_group_count < 1:
+    raise TypeError(f"feature_group_count must be a positive int or None, got "
+                    f"{feature_group_count!r}")
+  elif feature_group_count < 1:
     raise ValueError(f"feature_group_count must be a positive int, got {feature_group_count!r}")
   if conv is not None and not isinstance(conv, (bool, np.bool_)):
     raise TypeError(f"conv must be True, False or None, got {conv!r}")
 
 
 def resolve(shape, *, in_axis=None, out_axis=None, batch_axis=(), conv=None,
-            feature_group_count: int = 1, name: str = "kernel") -> KernelKind:
+            feature_group_count: int | None = None, name: str = "kernel") -> KernelKind:
   """The :class:`KernelKind` of a kernel of ``shape``.
 
   Args:
@@ -129,7 +139,8 @@ def resolve(shape, *, in_axis=None, out_axis=None, batch_axis=(), conv=None,
     batch_axis: axes of independent matrices (heads, stacked layers).
     conv: ``True`` when the remaining axes are conv taps, ``False`` when there
       must be none, ``None`` to apply the default rule (module docstring).
-    feature_group_count: a grouped conv's groups (implies ``conv``).
+    feature_group_count: a grouped conv's groups (implies ``conv`` when
+      above 1); ``None`` (not said) is 1 (see :func:`warn_if_ambiguous`).
     name: how errors name the kernel (a layer path).
 
   Returns:
@@ -145,6 +156,7 @@ def resolve(shape, *, in_axis=None, out_axis=None, batch_axis=(), conv=None,
   if ndim < 2:
     raise ValueError(f"{name}: a kernel needs at least 2 dimensions, got shape {shape}")
   check_arguments(in_axis, out_axis, batch_axis, conv, feature_group_count)
+  feature_group_count = 1 if feature_group_count is None else feature_group_count
   explicit = in_axis is not None or out_axis is not None or tuple(np.atleast_1d(batch_axis))
   batch = _axes(batch_axis, ndim, "batch_axis")
   outs = None if out_axis is None else _axes(out_axis, ndim, "out_axis")
@@ -185,6 +197,24 @@ def resolve(shape, *, in_axis=None, out_axis=None, batch_axis=(), conv=None,
       raise ValueError(f"{name}: feature_group_count={feature_group_count} must divide the "
                        f"out axis of shape {shape}")
   return KernelKind(ins, outs, batch, rest, int(feature_group_count))
+
+
+def warn_if_ambiguous(shape, kind: KernelKind, stacklevel: int = 2):
+  """Warns (:class:`AmbiguousConvWarning`) when ``kind``, resolved without a
+  ``feature_group_count``, is a conv whose matrix has one input and several
+  outputs: a depthwise conv's kernel (which needs its groups: as one
+  ``1 x out`` matrix most of its channels would start dead) and a conv on one
+  input channel (right as it is) have that same shape."""
+  fan_in, fan_out = kind.matrix_shape(shape)
+  if kind.conv and kind.groups == 1 and fan_in == 1 and fan_out > 1:
+    warnings.warn(
+        f"conv kernel of shape {tuple(shape)} has one input channel and no "
+        "feature_group_count. If it belongs to a depthwise conv, pass the layer's "
+        f"feature_group_count (its in_features; {fan_out} without a channel multiplier): "
+        f"without it the kernel is one 1 x {fan_out} matrix, not an isometry channel by "
+        "channel, and most channels start dead. A conv on one input channel (a grayscale "
+        "image's first layer) is right as it is: pass feature_group_count=1 to say so.",
+        AmbiguousConvWarning, stacklevel=stacklevel + 1)
 
 
 def to_matrices(xp, kernel, kind: KernelKind):

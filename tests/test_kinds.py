@@ -353,3 +353,43 @@ def test_linen_params_with_a_kinds_mapping():
   assert abs(np.asarray(out.masks[attention]["query"]["kernel"]).mean() - 0.25) < 0.05
   y = Block().apply({"params": out.params}, jnp.ones((2, 5, 32)))
   assert y.shape == (2, 10)
+
+
+class GrayscaleSeparableCNN(nnx.Module):
+  """A first conv on one input channel (legitimately in = 1) and a depthwise conv."""
+
+  def __init__(self, *, rngs):
+    self.stem = nnx.Conv(1, 8, (3, 3), rngs=rngs)
+    self.depthwise = nnx.Conv(8, 8, (3, 3), feature_group_count=8, rngs=rngs)
+    self.head = nnx.Linear(8, 10, rngs=rngs)
+
+  def __call__(self, x):
+    x = jnp.tanh(self.depthwise(jnp.tanh(self.stem(x))))
+    return self.head(x.mean(axis=(1, 2)))
+
+
+def test_a_depthwise_shaped_conv_without_feature_group_count_warns():
+  import warnings
+  key = jax.random.key(0)
+  # The shape (3, 3, 1, 64) is a depthwise conv's or a one-channel conv's:
+  # without feature_group_count it is one 1 x 64 matrix, so say which.
+  for make in (lambda: eoi(0.1)(key, (3, 3, 1, 64)), lambda: eoi_mask(0.1)(key, (3, 3, 1, 64)),
+               lambda: eoi(0.1, conv=True)(key, (3, 1, 64)),
+               lambda: nnx.Conv(64, 64, (3, 3), feature_group_count=64,
+                                kernel_init=eoi(0.1), rngs=nnx.Rngs(0))):
+    with pytest.warns(kinds.AmbiguousConvWarning, match="feature_group_count"):
+      make()
+  with warnings.catch_warnings():
+    warnings.simplefilter("error", kinds.AmbiguousConvWarning)
+    for groups in (1, 64):  # said either way
+      eoi(0.1, feature_group_count=groups)(key, (3, 3, 1, 64))
+    eoi(0.1)(key, (3, 3, 16, 64))
+    eoi(0.1)(key, (1, 64))
+    # A params tree's default rule stays silent (a custom module's one-channel
+    # stem is common; a depthwise layer's groups go in kinds=).
+    layers.layout({"conv": {"kernel": jnp.zeros((3, 3, 1, 8))}}).layers[0].resolved_kind()
+    # initialize_model reads every conv's groups from its module.
+    model = GrayscaleSeparableCNN(rngs=nnx.Rngs(0))
+    out = methods.initialize_model("eoi", key, model, 0.1)
+    depthwise = np.asarray(out.params["depthwise"]["kernel"][...])[1, 1, 0]
+    assert np.all(depthwise != 0)  # each channel its own 1 x 1 isometry: none dead
