@@ -9,9 +9,16 @@ sizes the generator's static loops (:func:`eoi_jax.givens.max_rotations`);
 :func:`eoi_jax.givens.support_trajectory` gives the simulated non-zero counts
 of one key to compare with.
 
+Block EOI (:mod:`eoi_jax.block_givens`) rotates ``b``-wide block columns: its
+block support is the scalar chain's on ``c / b`` columns, so every law here
+holds for it with ``cols`` replaced by ``cols / b`` (the density then counts
+stored blocks, which is the mask's density); :func:`expected_density` takes
+``block`` and does the replacement.
+
 Example:
   >>> law = row_chain_distribution(128, 200)      # (201, 129)
   >>> mean_field_rotations(128, 0.125)            # about 190 rotations
+  >>> expected_density(1024, 40, block=32)[-1]    # block EOI's mask after 40 steps
 """
 
 from __future__ import annotations
@@ -71,3 +78,31 @@ def expected_row_hitting_time(cols: int, count: int) -> tuple[float, float]:
   x = np.arange(1, int(count), dtype=np.float64)
   p = 2 * x * (c - x) / (c * (c - 1))
   return float(np.sum(1 / p)), float(np.sum((1 - p) / p**2))
+
+
+def expected_density(cols: int, num_rotations: int, block: int = 1) -> np.ndarray:
+  """Exact expected density of EOI's support after each number of rotations.
+
+  Every row's non-zero count follows the row chain, so ``E[density after t]
+  = E[X_t] / c``. For block EOI with ``b x b`` blocks the mask's density is
+  the block support's, whose rows follow the same chain on ``c / b`` block
+  columns: the law with ``cols / b``.
+
+  Args:
+    cols: columns ``c`` of the wide matrix (``max(in, out)``).
+    num_rotations: number of steps ``T`` (rotations, or block steps).
+    block: the block size ``b`` (1: scalar EOI); must divide ``cols``.
+
+  Returns:
+    float64 ``(T + 1,)``: entry ``t`` is the expected density after ``t`` steps.
+
+  Example:
+    >>> expected_density(64, 0)[0]  # [I | 0]: one non-zero per row
+    0.015625
+  """
+  c, b = int(cols), int(block)
+  if b < 1 or c % b:
+    raise ValueError(f"block must be a positive int dividing cols={c}, got {block}")
+  blocks = c // b
+  law = row_chain_distribution(blocks, num_rotations)
+  return law @ np.arange(blocks + 1) / blocks

@@ -27,7 +27,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from eoi_jax import _validation, kernels, kinds
+from eoi_jax import _validation, block_givens, kernels, kinds
 
 
 def _place(value, out_sharding):
@@ -49,8 +49,9 @@ class _Options:
   """The checked arguments of :func:`eoi` and :func:`eoi_mask`."""
 
   def __init__(self, density, gain, in_axis, out_axis, batch_axis, conv, feature_group_count,
-               center_density, structured):
+               center_density, structured, block=None):
     self.density = _validation.check_density(density)
+    self.block = block_givens.check_block(block)
     self.gain = _validation.check_gain(gain)
     self.center_density = kernels.check_center_density(center_density)
     self.structured = _validation.check_flag(structured, "structured")
@@ -72,11 +73,12 @@ class _Options:
                        f"is not one (pass conv=True if its extra axes are conv taps)")
     return kernels.eoi_kernel(key, shape, self.density, kind, gain=self.gain,
                               center_density=self.center_density, structured=self.structured,
-                              dtype=dtype)
+                              dtype=dtype, block=self.block)
 
 
 def eoi(density, gain=1.0, *, in_axis=None, out_axis=None, batch_axis=(), conv=None,
-        feature_group_count: int | None = None, center_density=None, structured: bool = False):
+        feature_group_count: int | None = None, center_density=None, structured: bool = False,
+        block: int | None = None):
   """EOI kernel initializer.
 
   Args:
@@ -98,6 +100,9 @@ def eoi(density, gain=1.0, *, in_axis=None, out_axis=None, batch_axis=(), conv=N
       (pass 1).
     center_density, structured: conv options (see
       :func:`eoi_jax.sparse_delta_orthogonal`).
+    block: ``None`` (scalar EOI) or a block size ``b``: block EOI, the
+      support whole ``b x b`` blocks of each matrix (its in and out must be
+      multiples of ``b``; see :func:`eoi_jax.sparse_orthogonal`).
 
   Returns:
     ``init(key, shape, dtype=None, out_sharding=None) -> kernel`` (``dtype``
@@ -113,7 +118,7 @@ def eoi(density, gain=1.0, *, in_axis=None, out_axis=None, batch_axis=(), conv=N
     ...                 rngs=nnx.Rngs(0))
   """
   options = _Options(density, gain, in_axis, out_axis, batch_axis, conv, feature_group_count,
-                     center_density, structured)
+                     center_density, structured, block)
 
   def init(key, shape, dtype=None, out_sharding=None):
     dtype = jax.dtypes.canonicalize_dtype(jnp.float_ if dtype is None else
@@ -126,7 +131,7 @@ def eoi(density, gain=1.0, *, in_axis=None, out_axis=None, batch_axis=(), conv=N
 
 def eoi_mask(density, gain=1.0, *, in_axis=None, out_axis=None, batch_axis=(), conv=None,
              feature_group_count: int | None = None, center_density=None,
-             structured: bool = False):
+             structured: bool = False, block: int | None = None):
   """Mask initializer matching :func:`eoi` for the same key and arguments.
 
   Args:
@@ -137,9 +142,10 @@ def eoi_mask(density, gain=1.0, *, in_axis=None, out_axis=None, batch_axis=(), c
     (``True`` where the weight is trainable; ``dtype`` ``None`` is bool). The
     mask is the kernel's support in float32 (float64 for float64 kernels):
     entries that a float16 or bfloat16 kernel rounds to zero stay trainable.
+    With ``block`` it is the block support: whole ``b x b`` blocks.
   """
   options = _Options(density, gain, in_axis, out_axis, batch_axis, conv, feature_group_count,
-                     center_density, structured)
+                     center_density, structured, block)
 
   def mask_init(key, shape, dtype=None, out_sharding=None):
     _, mask = options.generate(key, shape)

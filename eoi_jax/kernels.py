@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from eoi_jax import _validation, givens, kinds
+from eoi_jax import _validation, block_givens, givens, kinds
 from eoi_jax.counts import count_for_density
 from eoi_jax.topk import keep_top
 
@@ -128,13 +128,16 @@ def center_density_for(density: float, num_taps: int, center_density=None) -> fl
 
 
 def sparse_orthogonal(
-    key: Array, shape, density, *, gain=1.0, dtype=jnp.float32
+    key: Array, shape, density, *, gain=1.0, dtype=jnp.float32, block: int | None = None
 ) -> tuple[Array, Array]:
   """Exactly orthogonal sparse dense kernel (EOI).
 
   Builds the wide ``min x max`` matrix from random Givens rotations until the
   target density is met (see :mod:`eoi_jax.givens`), scales it by ``gain`` and
-  lays it out as Flax's ``(in, out)``.
+  lays it out as Flax's ``(in, out)``. With ``block=b`` the rotations act on
+  ``b``-wide block columns (:mod:`eoi_jax.block_givens`) and the support is
+  a union of whole ``b x b`` blocks (for compressed storage,
+  :mod:`eoi_jax.block_sparse`).
 
   Args:
     key: a ``jax.random`` key.
@@ -146,6 +149,9 @@ def sparse_orthogonal(
       ``gain * [I | 0]`` (or its transpose).
     gain: non-zero scale ``sigma_w``.
     dtype: float dtype of the weight.
+    block: ``None`` (or 1): scalar EOI. An int ``b >= 2`` dividing ``in``
+      and ``out``: block EOI, ``density`` then the fraction of stored blocks
+      (realised as the closest block density the block-level run reaches).
 
   Returns:
     ``(weight, mask)``: if ``in <= out``, ``weight @ weight.T == gain**2 * I``;
@@ -153,19 +159,29 @@ def sparse_orthogonal(
     ``mask`` is the bool support of the weight as computed, in float32
     (float64 for float64): ``weight != 0`` for float32 and float64 weights;
     for float16 and bfloat16 it is the float32 support, so entries the cast
-    rounds to zero stay in the mask (it contains ``weight != 0``).
+    rounds to zero stay in the mask (it contains ``weight != 0``). With
+    ``block`` the mask is the block support, whole ``b x b`` blocks (it
+    contains ``weight != 0``; a block column no step touched keeps its
+    diagonal ``gain * I_b`` block, whose other entries train from zero).
+
+  Raises:
+    ValueError: ``block`` does not divide ``in`` and ``out`` (and the other
+      arguments' errors).
 
   Example:
     >>> w, m = sparse_orthogonal(jax.random.key(0), (256, 128), 0.1)
     >>> w.shape, m.dtype
     ((256, 128), dtype('bool'))
+    >>> w, m = sparse_orthogonal(jax.random.key(0), (256, 128), 0.25, block=32)
+    >>> int(m.sum()) // 32**2  # stored 32 x 32 blocks, a quarter of 8 x 4
+    8
   """
   key = _validation.check_key(key)
   shape = _validation.check_shape(shape, (2,))
   d = _validation.check_density(density)
   _validation.check_gain(gain)
   (weight, mask), = generate([KernelRequest(shape, key[None], np.array([d]))], gain=gain,
-                             dtype=check_float_dtype(dtype))
+                             dtype=check_float_dtype(dtype), block=block)
   return weight, mask
 
 
@@ -178,6 +194,7 @@ def sparse_delta_orthogonal(
     center_density=None,
     structured: bool = False,
     dtype=jnp.float32,
+    block: int | None = None,
 ) -> tuple[Array, Array]:
   """Sparse delta-orthogonal conv kernel (EOI for convolutions).
 
@@ -190,7 +207,11 @@ def sparse_delta_orthogonal(
   entries (nothing is added when ``H``'s support already exceeds that). The
   added entries hold zeros, so the kernel stays orthogonal, but are trainable.
   With ``structured=True`` (the "EIS" variant) the mask is instead ``H``'s
-  support broadcast over all taps.
+  support broadcast over all taps. With ``block=b`` the centre is a block EOI
+  matrix (see :func:`sparse_orthogonal`) and the mask's added entries are
+  whole ``b x b`` blocks of the other taps, chosen uniformly at random among
+  the kernel's ``taps x in / b x out / b`` blocks until it holds
+  ``round(density * blocks)``: every tap's mask is a block mask.
 
   Args:
     key: a ``jax.random`` key.
@@ -201,6 +222,7 @@ def sparse_delta_orthogonal(
       sqrt(d))`` for ``K`` taps) or a float in (0, 1].
     structured: broadcast the centre mask over taps (EIS).
     dtype: float dtype of the kernel.
+    block: ``None`` (or 1) or a block size ``b`` dividing ``in`` and ``out``.
 
   Returns:
     ``(kernel, mask)``; ``kernel[centre]`` is semi-orthogonal with gain
@@ -221,7 +243,7 @@ def sparse_delta_orthogonal(
   structured = _validation.check_flag(structured, "structured")
   (kernel, mask), = generate([KernelRequest(shape, key[None], np.array([d]))], gain=gain,
                              center_density=center_density, structured=structured,
-                             dtype=check_float_dtype(dtype))
+                             dtype=check_float_dtype(dtype), block=block)
   return kernel, mask
 
 
@@ -291,16 +313,17 @@ def _batch_size(n: int) -> int:
 _MERGE_SLACK = 1 << 23
 
 
-def _merged_calls(items):
+def _merged_calls(items, block: int = 1):
   """Groups ``(CoreShape, batch)`` items into generator calls, largest first,
   each joining the first call it can share at a cost of at most
-  :data:`_MERGE_SLACK` element operations over running alone.
+  :data:`_MERGE_SLACK` element operations over running alone (block EOI's
+  shapes count blocks: a step costs ``b**2`` times a rotation's work).
 
   Returns:
     ``[(CoreShape, member indices)]``.
   """
   def cost(shape: givens.CoreShape, batch: int) -> int:  # rotations x rows + set-up
-    return _batch_size(batch) * shape.rows * (shape.chunk + shape.cols)
+    return _batch_size(batch) * shape.rows * (shape.chunk + shape.cols) * block**2
 
   calls = []  # [shape, members, batch]
   for i in sorted(range(len(items)), key=lambda i: -cost(*items[i])):
@@ -316,18 +339,27 @@ def _merged_calls(items):
   return [(shape, sorted(members)) for shape, members, _ in calls]
 
 
-@functools.partial(jax.jit, static_argnames=("shape", "dtype", "any_conv", "rounds"))
-def _cores(keys, index, conv, sizes, gain, *, shape, dtype, any_conv, rounds):
+@functools.partial(jax.jit, static_argnames=("shape", "dtype", "any_conv", "rounds", "block"))
+def _cores(keys, index, conv, sizes, gain, *, shape, dtype, any_conv, rounds, block=None):
   """:func:`givens.padded_core`'s columns for a batch with ``keys[index]``, scaled
   by ``gain``: ``sizes`` is ``(B, 4)`` int32 (rows, cols, target non-zeros, undo
   threshold). A conv kernel's key is split first: the generator takes the
-  first half, the mask the second."""
+  first half, the mask the second.
+
+  Returns ``(columns, None)``; with ``block`` (sizes and ``shape`` then in
+  blocks) :func:`block_givens.padded_block_core`'s ``(columns, block supports)``.
+  """
   keys = keys[index]
   if any_conv:
     keys = jnp.where(conv, jax.vmap(lambda k: givens.split(k, 2)[0])(keys), keys)
+  if block is not None:
+    core = functools.partial(block_givens.padded_block_core, shape=shape, block=block,
+                             dtype=dtype, rounds=rounds)
+    columns, supports, _ = jax.vmap(core, in_axes=(0,) * 5 + (None,))(keys, *sizes.T, gain)
+    return columns, supports
   core = functools.partial(givens.padded_core, shape=shape, dtype=dtype, rounds=rounds)
   columns, _ = jax.vmap(core, in_axes=(0,) * 5 + (None,))(keys, *sizes.T, gain)
-  return columns
+  return columns, None
 
 
 @functools.partial(jax.jit, static_argnames="size")
@@ -361,19 +393,31 @@ def _conv_masks(outputs, positions, keys, key_index, geometry, *, size):
   return jax.vmap(one)(outputs[positions], mask_keys, *geometry.T)
 
 
-def _lay_out(xp, outputs, positions: slice, masks, mask_rows: slice, shape, dtype, structured):
+def _repeat_blocks(xp, grids, block: int):
+  """Bool ``(..., m, n)`` block grids as ``(..., m b, n b)`` masks."""
+  return xp.repeat(xp.repeat(grids, block, axis=-2), block, axis=-1)
+
+
+def _lay_out(xp, outputs, positions: slice, masks, mask_rows: slice, shape, dtype, structured,
+             supports=None, block=None):
   """Kernels of ``shape`` (and their masks) from entries ``positions`` of a
   batch of generator outputs (already scaled by the gain); conv masks are rows
   ``mask_rows`` of ``masks`` unless ``structured``. ``xp`` is ``numpy`` for
   concrete arrays (no program to compile) or ``jax.numpy`` under a
-  transformation: the same arithmetic."""
+  transformation: the same arithmetic. With ``block`` the masks come from the
+  block ``supports`` (and block-level conv ``masks``), each block repeated."""
   fan_in, fan_out = shape[-2:]
   rows, cols = wide_shape(shape)
   transposed = outputs[positions, :cols, :rows]  # A.T: Flax's layout when in >= out
   matrices = transposed if fan_in >= fan_out else xp.swapaxes(transposed, 1, 2)
-  # The mask is the support in the compute dtype: entries a low-precision cast
-  # rounds to zero stay trainable.
-  support = matrices != 0
+  if block is None:
+    # The mask is the support in the compute dtype: entries a low-precision
+    # cast rounds to zero stay trainable.
+    support = matrices != 0
+  else:
+    grids = supports[positions, :cols // block, :rows // block]
+    support = _repeat_blocks(xp, grids if fan_in >= fan_out else xp.swapaxes(grids, 1, 2),
+                             block)
   weights = matrices.astype(dtype) if matrices.dtype != dtype else matrices
   if len(shape) == 2:
     return weights, support
@@ -382,7 +426,11 @@ def _lay_out(xp, outputs, positions: slice, masks, mask_rows: slice, shape, dtyp
   if structured:  # the centre support on every tap
     taps = (len(weights),) + (1,) * (len(shape) - 2) + shape[-2:]
     return kernels, xp.broadcast_to(support.reshape(taps), kernels.shape)
-  return kernels, masks[mask_rows, :math.prod(shape)].reshape(kernels.shape)
+  if block is None:
+    return kernels, masks[mask_rows, :math.prod(shape)].reshape(kernels.shape)
+  grid_shape = kernels.shape[:-2] + (fan_in // block, fan_out // block)
+  return kernels, _repeat_blocks(
+      xp, masks[mask_rows, :math.prod(grid_shape[1:])].reshape(grid_shape), block)
 
 
 class _Plan(NamedTuple):
@@ -393,8 +441,12 @@ class _Plan(NamedTuple):
   core_shape: givens.CoreShape
 
 
-def _plan(request: _Matrices, center_density) -> _Plan:
+def _plan(request: _Matrices, center_density, block: int | None = None) -> _Plan:
+  """The plan of a request; with ``block`` every size in it counts ``b x b``
+  blocks (the block-level problem)."""
   shape, densities = tuple(request.shape), np.asarray(request.densities, np.float64)
+  if block is not None:
+    shape = shape[:-2] + (shape[-2] // block, shape[-1] // block)
   rows, cols = wide_shape(shape)
   numel = math.prod(shape)
   if len(shape) == 2:
@@ -420,7 +472,7 @@ _IDLE = np.array([1, 1, 1, 2], np.int32)
 
 
 def generate(requests, *, gain=1.0, center_density=None, structured=False,
-             dtype=jnp.float32, rounds=None) -> list[tuple[Array, Array]]:
+             dtype=jnp.float32, rounds=None, block=None) -> list[tuple[Array, Array]]:
   """EOI kernels and masks for several shapes at once, on checked arguments.
 
   Requests run together in vmapped calls of compiled generators
@@ -438,19 +490,30 @@ def generate(requests, *, gain=1.0, center_density=None, structured=False,
     dtype: float dtype of the kernels.
     rounds: apply the rotations in parallel rounds or one by one (same
       kernels); ``None``: :func:`eoi_jax.givens.default_rounds`.
+    block: ``None`` (or 1) for scalar EOI, or the block size of block EOI
+      (:mod:`eoi_jax.block_givens`) for every request; it must divide each
+      matrix's ``in`` and ``out``.
 
   Returns:
     ``[(kernels, masks)]`` in the order of ``requests``, each of the request's
     shape.
+
+  Raises:
+    ValueError: ``block`` does not divide a matrix's sizes (naming the shape).
   """
+  block = block_givens.check_block(block)
   kernel_requests, requests = requests, [_matrices(r) for r in requests]
-  plans = [_plan(request, center_density) for request in requests]
+  for kernel_request, request in zip(kernel_requests, requests):
+    block_givens.check_fits(request.shape, block, kernel_request.shape)
+  plans = [_plan(request, center_density, block) for request in requests]
   # Without partitionable threefry a uniform draw depends on its length, so
   # conv masks are not padded.
   partitionable = jax.config.jax_threefry_partitionable
   rounds = givens.default_rounds() if rounds is None else bool(rounds)
   outputs, masks, layouts = [], [], [None] * len(requests)
-  for core_shape, members in _merged_calls([(p.core_shape, len(p.sizes)) for p in plans]):
+  supports = []
+  for core_shape, members in _merged_calls([(p.core_shape, len(p.sizes)) for p in plans],
+                                           block or 1):
     counts = [len(plans[i].sizes) for i in members]
     starts = np.cumsum([0] + counts)
     idle = _batch_size(sum(counts)) - sum(counts)
@@ -463,9 +526,11 @@ def generate(requests, *, gain=1.0, center_density=None, structured=False,
     keys = sources[0] if len(sources) == 1 else jnp.concatenate(sources)
     index = np.concatenate([offsets[id(requests[i].keys)] + requests[i].index for i in members]
                            + [np.zeros(idle, np.int64)]).astype(np.int32)
-    columns = _cores(keys, index, conv, sizes, gain, shape=core_shape,
-                     dtype=compute_dtype(dtype), any_conv=bool(conv.any()), rounds=rounds)
+    columns, block_supports = _cores(keys, index, conv, sizes, gain, shape=core_shape,
+                                     dtype=compute_dtype(dtype), any_conv=bool(conv.any()),
+                                     rounds=rounds, block=block)
     outputs.append(columns)
+    supports.append(block_supports)
 
     random = [j for j, i in enumerate(members) if len(requests[i].shape) > 2 and not structured]
     groups = {}
@@ -473,11 +538,15 @@ def generate(requests, *, gain=1.0, center_density=None, structured=False,
       numel = math.prod(requests[members[j]].shape)
       groups.setdefault(0 if partitionable else numel, []).append(j)
     group_of = {}
+    # Block EOI picks a conv mask's added entries among whole blocks: the
+    # scalar rule on the block-level kernel and its block support.
+    scale = 1 if block is None else block**2
     for group in groups.values():
-      numel = max(math.prod(requests[members[j]].shape) for j in group)
+      numel = max(math.prod(requests[members[j]].shape) // scale for j in group)
       positions = np.concatenate([np.arange(starts[j], starts[j + 1]) for j in group])
       masks.append(_conv_masks(
-          columns, positions.astype(np.int32), keys, index[positions],
+          columns if block is None else block_supports, positions.astype(np.int32), keys,
+          index[positions],
           np.concatenate([plans[members[j]].geometry for j in group]),
           size=givens.bucket(numel) if partitionable else numel))
       row = 0
@@ -488,15 +557,16 @@ def generate(requests, *, gain=1.0, center_density=None, structured=False,
       group, rows = group_of.get(j, (None, None))
       layouts[i] = (tuple(requests[i].shape), len(outputs) - 1,
                     slice(int(starts[j]), int(starts[j + 1])), group, rows)
-  concrete = not any(isinstance(x, jax.core.Tracer) for x in [*outputs, *masks])
+  concrete = not any(isinstance(x, jax.core.Tracer) for x in [*outputs, *masks, *supports])
   xp = np if concrete else jnp
   if concrete:  # lay out on the host: nothing more to compile
     outputs, masks = [np.asarray(x) for x in outputs], [np.asarray(x) for x in masks]
+    supports = [None if x is None else np.asarray(x) for x in supports]
   results = []
   for request, (shape, call, positions, group, rows) in zip(kernel_requests, layouts):
     kernels, kernel_masks = _lay_out(
         xp, outputs[call], positions, None if group is None else masks[group], rows, shape,
-        jnp.dtype(dtype), bool(structured) and len(shape) > 2)
+        jnp.dtype(dtype), bool(structured) and len(shape) > 2, supports[call], block)
     kind = request.resolved_kind()
     if kinds.canonical(kind, request.shape[request.layer_axes:]) and (
         kind.batch_axes == tuple(range(request.layer_axes))):
@@ -521,7 +591,7 @@ def _to_device(value: np.ndarray) -> Array:
 
 
 def eoi_batch(keys, shape, densities, *, gain=1.0, center_density=None, structured=False,
-              dtype=jnp.float32):
+              dtype=jnp.float32, block=None):
   """A batch of same-shape EOI kernels in one vmapped call.
 
   Each kernel has its own key and density; this is how a stack of layers (or
@@ -531,7 +601,8 @@ def eoi_batch(keys, shape, densities, *, gain=1.0, center_density=None, structur
     keys: ``(B,)`` keys.
     shape: kernel shape (2-D dense or 3-D to 5-D conv: ``(*taps, in, out)``).
     densities: ``(B,)`` densities in (0, 1].
-    gain, center_density, structured, dtype: as for the single-kernel functions.
+    gain, center_density, structured, dtype, block: as for the single-kernel
+      functions.
 
   Returns:
     ``(kernels, masks)`` with a leading axis of size ``B``; the masks are the
@@ -551,17 +622,17 @@ def eoi_batch(keys, shape, densities, *, gain=1.0, center_density=None, structur
   (kernels, masks), = generate([KernelRequest((len(densities),) + shape, keys, densities,
                                               layer_axes=1)], gain=gain,
                                center_density=center_density, structured=structured,
-                               dtype=check_float_dtype(dtype))
+                               dtype=check_float_dtype(dtype), block=block)
   return kernels, masks
 
 
 def eoi_kernel(key, shape, density: float, kind: kinds.KernelKind, *, gain=1.0,
-               center_density=None, structured=False, dtype=jnp.float32):
+               center_density=None, structured=False, dtype=jnp.float32, block=None):
   """The EOI kernel of ``shape`` and ``kind`` for one key, on checked arguments
   (see :func:`eoi_jax.initializers.eoi`). Returns ``(kernel, mask)``; a kernel
   of several matrices (heads, groups, stacked layers) splits ``key`` per matrix."""
   (kernel, mask), = generate([KernelRequest(tuple(shape), key[None], np.array([density]),
                                             kind=kind)],
                              gain=gain, center_density=center_density, structured=structured,
-                             dtype=dtype)
+                             dtype=dtype, block=block)
   return kernel, mask
