@@ -22,8 +22,9 @@ from typing import Mapping, NamedTuple
 
 import numpy as np
 
-from eoi_jax import _validation, kernels, layers, summary
+from eoi_jax import _validation, block_givens, kernels, layers, summary
 from eoi_jax.layers import Filter, Layout, Stacked
+from eoi_jax.methods import blocks
 from eoi_jax.methods.network import SparseInit, regenerate_layers
 
 
@@ -34,13 +35,15 @@ class EOIOptions(NamedTuple):
   bias_std: float = 0.0
   center_density: object = None
   structured: bool = False
+  block: int | None = None
 
   @classmethod
-  def checked(cls, gain=1.0, bias_std=0.0, center_density=None, structured=False):
+  def checked(cls, gain=1.0, bias_std=0.0, center_density=None, structured=False, block=None):
     return cls(_validation.check_gain(gain),
                _validation.check_non_negative(bias_std, "bias_std"),
                kernels.check_center_density(center_density),
-               _validation.check_flag(structured, "structured"))
+               _validation.check_flag(structured, "structured"),
+               block_givens.check_block(block))
 
 
 def eoi_network(key, params, layout: Layout, densities: Mapping[str, np.ndarray],
@@ -48,19 +51,21 @@ def eoi_network(key, params, layout: Layout, densities: Mapping[str, np.ndarray]
   """:func:`eoi_params` on checked arguments (``densities`` as returned by
   :meth:`eoi_jax.layers.Layout.check_densities`)."""
 
+  block_of = blocks.layer_blocks(layout, options.block)
+
   def generate(keys: dict, layout: Layout) -> dict:
     by_dtype = {}
     for layer in layout.layers:
-      by_dtype.setdefault(layer.dtype, []).append(layer)
+      by_dtype.setdefault((layer.dtype, block_of[layer.name]), []).append(layer)
     out = {}
-    for dtype, group in by_dtype.items():
+    for (dtype, block), group in by_dtype.items():
       requests = [kernels.KernelRequest(layer.stack + layer.shape, keys[layer.name].keys,
                                         densities[layer.name].reshape(-1), layer.leaf_kind(),
                                         len(layer.stack), keys[layer.name].index)
                   for layer in group]
       made = kernels.generate(requests, gain=options.gain,
                               center_density=options.center_density,
-                              structured=options.structured, dtype=dtype)
+                              structured=options.structured, dtype=dtype, block=block)
       out.update(zip([layer.name for layer in group], made))
     return out
 
@@ -71,8 +76,9 @@ def eoi_network(key, params, layout: Layout, densities: Mapping[str, np.ndarray]
 
 
 def eoi_params(key, params, densities: Mapping[str, object], *, gain=1.0, bias_std=0.0,
-               center_density=None, structured: bool = False, filter: Filter | None = None,
-               stacked: Stacked = None, kinds=None, layout: Layout | None = None) -> SparseInit:
+               center_density=None, structured: bool = False, block: int | None = None,
+               filter: Filter | None = None, stacked: Stacked = None, kinds=None,
+               layout: Layout | None = None) -> SparseInit:
   """Initialises every maskable layer with EOI at its density.
 
   Args:
@@ -86,6 +92,9 @@ def eoi_params(key, params, densities: Mapping[str, object], *, gain=1.0, bias_s
       beside each kernel) are drawn from ``N(0, sigma_b**2)``.
     center_density, structured: conv options
       (see :func:`eoi_jax.sparse_delta_orthogonal`).
+    block: ``None``, or block EOI with ``b x b`` blocks for every layer whose
+      matrices' sizes ``b`` divides (the others get scalar EOI, see
+      :mod:`eoi_jax.methods.blocks`; a ``b`` that fits no layer is an error).
     filter, stacked, kinds, layout: as in :func:`eoi_jax.layers.resolve`;
       each layer's kind says which of its axes form the matrices
       (:mod:`eoi_jax.kinds`).
@@ -98,6 +107,6 @@ def eoi_params(key, params, densities: Mapping[str, object], *, gain=1.0, bias_s
   """
   key = _validation.check_key(key)
   layout = layers.resolve(params, filter, stacked, layout, kinds)
-  options = EOIOptions.checked(gain, bias_std, center_density, structured)
+  options = EOIOptions.checked(gain, bias_std, center_density, structured, block)
   return eoi_network(key, params, layout, layout.check_densities(densities, positive=True),
                      options)

@@ -13,6 +13,9 @@ mask makers
 ``grasp``,          (:mod:`eoi_jax.methods.pruning`) to the overall density
 ``synflow``
 ``sao``             SAO (:mod:`eoi_jax.methods.sao`), the ``ends`` layers dense
+``block=b``         an option of ``random``/``uniform``/``erk`` (whole ``b x b``
+                    blocks, :func:`eoi_jax.methods.blocks.random_block_masks`)
+                    and of ``eoi`` (block EOI) where ``b`` divides a layer's sizes
 value makers
 ``keep``            the mask maker's values
 ``eoi``             EOI at the mask's per-layer densities (a layer the mask
@@ -43,7 +46,7 @@ import numpy as np
 
 from eoi_jax import _validation, allocation, givens, layers, masking, summary
 from eoi_jax.layers import Filter, Layout, Stacked
-from eoi_jax.methods import dense, isometry, pruning, sao
+from eoi_jax.methods import blocks, dense, isometry, pruning, sao
 from eoi_jax.methods.eoi import EOIOptions, eoi_network
 from eoi_jax.methods.network import SparseInit
 
@@ -107,9 +110,13 @@ def _random(allocator: str | None):
       request = request._replace(allocator=allocator)
     values = _dense_values(value_key, request)
     densities = request.allocated()
-    masks = masking.masks_from_scores(request.layout, values,
-                                      masking.random_scores(mask_key, request.layout),
-                                      request.layout.as_arrays(densities))
+    if request.eoi.block is not None:
+      masks = blocks.random_block_masks(mask_key, request.layout, values,
+                                        request.layout.as_arrays(densities), request.eoi.block)
+    else:
+      masks = masking.masks_from_scores(request.layout, values,
+                                        masking.random_scores(mask_key, request.layout),
+                                        request.layout.as_arrays(densities))
     return Masked(masking.apply_masks(values, masks), masks, densities)
   return make
 
@@ -218,6 +225,17 @@ METHODS = {
 """Every name :func:`initialize` accepts, with its mask and value makers."""
 
 
+BLOCK_MASKS = ("random", "uniform", "erk")
+"""Mask makers with a block form (``block=b``: random masks of whole blocks)."""
+
+
+def takes_block(method: str) -> bool:
+  """Whether ``method`` has a block form: its values are EOI's (block EOI) or
+  its masks are random (:data:`BLOCK_MASKS`)."""
+  chosen = parse(method)
+  return chosen.values == "eoi" or chosen.masks in BLOCK_MASKS
+
+
 def parse(method: str) -> Method:
   """The :class:`Method` of a name; ``ValueError`` listing the names otherwise."""
   if not isinstance(method, str) or method not in METHODS:
@@ -230,8 +248,9 @@ def initialize(method: str, key, params, density, *, apply_fn: Callable | None =
                input_shape: Sequence[int] | None = None, allocator: str = "uniform", ends: Sequence[str] = (), gain=1.0, bias_std=0.0,
                center_density=None, structured: bool = False, ai_steps: int = 10_000,
                ai_learning_rate=0.1, sao_degree: int | None = None,
-               synflow_float64: bool = False, filter: Filter | None = None,
-               stacked: Stacked = None, kinds=None, layout: Layout | None = None) -> SparseInit:
+               synflow_float64: bool = False, block: int | None = None,
+               filter: Filter | None = None, stacked: Stacked = None, kinds=None,
+               layout: Layout | None = None) -> SparseInit:
   """Initialises every maskable layer of ``params`` by ``method``.
 
   Args:
@@ -259,6 +278,11 @@ def initialize(method: str, key, params, density, *, apply_fn: Callable | None =
     sao_degree: one SAO degree for every sparse layer (default: the degree
       of ``density`` per layer, :func:`eoi_jax.methods.sao.degree_for_density`).
     synflow_float64: score SynFlow in float64 (needs ``jax_enable_x64``).
+    block: ``None``, or ``b x b`` blocks (:func:`takes_block` methods only):
+      block EOI for ``eoi`` values, random block masks for ``random``,
+      ``uniform`` and ``erk`` masks, on every layer whose matrices' sizes
+      ``b`` divides; the other layers stay element-level
+      (:mod:`eoi_jax.methods.blocks`).
     filter, stacked, kinds, layout: as in :func:`eoi_jax.layers.resolve`; the
       layout is built once and serves every step.
 
@@ -282,6 +306,9 @@ def initialize(method: str, key, params, density, *, apply_fn: Callable | None =
     raise ValueError(f"ai_steps must be >= 1, got {ai_steps}")
   if not ai_learning_rate > 0:
     raise ValueError(f"ai_learning_rate must be > 0, got {ai_learning_rate}")
+  if block is not None and not takes_block(method):
+    raise ValueError(f"block applies to methods with EOI values or random masks "
+                     f"({[m for m in METHODS if takes_block(m)]}), not {method!r}")
   if synflow_float64 and not jax.config.jax_enable_x64:
     raise ValueError("synflow_float64=True needs jax.config.update('jax_enable_x64', True)")
   request = Request(
@@ -294,7 +321,7 @@ def initialize(method: str, key, params, density, *, apply_fn: Callable | None =
       batch=None if batch is None else pruning.check_batch(batch),
       loss_fn=pruning.check_loss_fn(loss_fn),
       input_shape=None if input_shape is None else tuple(input_shape),
-      eoi=EOIOptions.checked(gain, bias_std, center_density, structured),
+      eoi=EOIOptions.checked(gain, bias_std, center_density, structured, block),
       ai_steps=int(ai_steps),
       ai_learning_rate=ai_learning_rate,
       sao_degree=sao_degree,

@@ -41,6 +41,7 @@ class Config:
   structured: bool = False  # EIS: a conv's EOI mask is its centre mask on every tap
   ai_steps: int = 10_000  # approximate-isometry steps for init=ai / <method>+ai
   sao_degree: Optional[int] = None  # init=sao: one degree for all sparse layers (default: density)
+  block: Optional[int] = None  # b x b blocks: block EOI / random block masks where b divides a layer
   # Optimisation.
   optimizer: str = "sgd"  # sgd | adam | adamw
   lr: float = 0.01
@@ -271,6 +272,10 @@ def validate(config: Config) -> Config:
       (config.log_every >= 1, "log_every must be >= 1"),
       (config.ai_steps >= 1, "ai_steps must be >= 1"),
       (config.sao_degree is None or config.sao_degree >= 1, "sao_degree must be >= 1"),
+      (config.block is None or config.block >= 1, "block must be >= 1 (or unset: no blocks)"),
+      (config.block is None or config.init not in methods.METHODS
+       or methods.registry.takes_block(config.init),
+       f"block needs an init with EOI values or random masks, not init={config.init!r}"),
       (config.center_density in (None, "sqrt") or (not isinstance(config.center_density, str)
                                                    and 0 < config.center_density <= 1),
        "center_density must be None, 'sqrt' or a float in (0, 1]"),

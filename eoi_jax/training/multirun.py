@@ -45,8 +45,8 @@ from eoi_jax.training.loop import (RunsLoader, runs_eval_step, runs_mesh,  # noq
 
 PER_RUN_FIELDS = frozenset({
     "seed", "init", "density", "allocator", "gain", "bias_std", "center_density", "structured",
-    "ai_steps", "sao_degree", "lr", "weight_decay", "run_dir", "resume", "quiet", "log_every",
-    "jacobian",
+    "ai_steps", "sao_degree", "block", "lr", "weight_decay", "run_dir", "resume", "quiet",
+    "log_every", "jacobian",
 })
 """Config fields in which runs trained together may differ; all others
 (dataset, model, depth, width, activation, optimizer, schedule, momentum,

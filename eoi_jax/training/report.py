@@ -67,7 +67,8 @@ OVER_DENSITY = 0.10
 """A cell whose mean realised density exceeds its requested density by more
 than this fraction (relative) is never bold in ``table.md``."""
 
-METHOD_OPTIONS = ("allocator", "structured", "center_density", "sao_degree", "ai_steps")
+METHOD_OPTIONS = ("allocator", "structured", "center_density", "sao_degree", "ai_steps",
+                  "block")
 """Config fields that refine a method: where they vary they are part of a
 series' name (``uniform+eoi (structured=True)``), not a panel of their own."""
 

@@ -82,15 +82,16 @@ def write_atomic(path, contents: str | bytes) -> None:
 def config_changes(saved: dict, config: dict) -> list[str]:
   """The identity fields (all but :data:`RESUMABLE_FIELDS`) in which ``config``
   differs from the ``saved`` config of a run, sorted. ``1`` and ``1.0`` are
-  equal.
+  equal; a field the saved config lacks (added to the config since) is no
+  change while it is unset (``None``).
 
   Example:
     >>> config_changes({"density": 0.1, "run_dir": "a"}, {"density": 0.1, "run_dir": "./a/"})
     []
   """
   missing = object()
-  return sorted(k for k in config
-                if k not in RESUMABLE_FIELDS and saved.get(k, missing) != config[k])
+  return sorted(k for k in config if k not in RESUMABLE_FIELDS
+                and saved.get(k, None if config[k] is None else missing) != config[k])
 
 
 def _free_sibling(path: Path) -> Path:

@@ -203,7 +203,7 @@ def create_train_state(config: Config, info: data.DatasetInfo, init_batch, steps
       config.init, jax.random.fold_in(root, 0), model, config.density, batch=init_batch,
       allocator=config.allocator, gain=config.gain, bias_std=config.bias_std,
       center_density=config.center_density, structured=config.structured,
-      ai_steps=config.ai_steps, sao_degree=config.sao_degree)
+      ai_steps=config.ai_steps, sao_degree=config.sao_degree, block=config.block)
   nnx.update(model, out.params)
   models.use_explicit_backward(model)
   tx = make_optimizer(config, out.masks, steps_per_epoch)
