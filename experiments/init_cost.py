@@ -68,13 +68,51 @@ def _sao_degree(n: int, density: float) -> int | None:
     return None
 
 
+# The timing table as printed while it is measured: (header, row key, unit).
+TIMING_COLUMNS = (("n", "n", None), ("density", "density", None),
+                  ("EOI first call s", "eoi_first_s", "s"), ("EOI later ms", "eoi_s", "ms"),
+                  ("SAO first call s", "sao_first_s", "s"), ("SAO later ms", "sao_s", "ms"),
+                  ("AI first call s", "ai_first_s", "s"), ("AI later ms", "ai_s", "ms"))
+
+
+def timing_line(row: dict | None = None) -> str:
+  """One Markdown line of the printed timing table: its header (``row=None``)
+  and rule, or ``row`` (``-`` where SAO has no degree).
+
+  Example:
+    >>> timing_line({"n": 64, "density": 0.1, "eoi_first_s": 1.03, "eoi_s": 0.0017,
+    ...              "ai_first_s": 0.28, "ai_s": 0.27})
+    '| 64 | 0.1 | 1.030 | 1.70 | - | - | 0.280 | 270.00 |'
+  """
+  if row is None:
+    return ("| " + " | ".join(h for h, _, _ in TIMING_COLUMNS) + " |\n"
+            + "|" + "---|" * len(TIMING_COLUMNS))
+  cells = []
+  for _, key, unit in TIMING_COLUMNS:
+    value = row.get(key)
+    cells.append("-" if value is None else f"{value:g}" if unit is None else
+                 f"{value:.3f}" if unit == "s" else f"{1e3 * value:.2f}")
+  return "| " + " | ".join(cells) + " |"
+
+
 def timing(sizes, densities, ai_steps: int) -> list[dict]:
+  """Times EOI, SAO and AI at each size and density (module docstring);
+  prints the table a line at a time as it is measured.
+
+  Returns:
+    One row per ``(n, density)``: ``{"n", "density", "eoi_first_s", "eoi_s",
+    "ai_first_s", "ai_s"}`` and, where SAO's degree exists, ``"sao_first_s",
+    "sao_s"`` (seconds).
+  """
   import eoi_jax
   from eoi_jax import methods
   from eoi_jax.methods import sao
 
   rows = []
   key = jax.random.key(0)
+  print(f"Time to build one n x n matrix (first call: with compilation; later: the median of "
+        f"3 more calls, AI's one more call), AI at {ai_steps} steps:", flush=True)
+  print(timing_line(), flush=True)
   for n in sizes:
     for d in densities:
       row = {"n": n, "density": d}
@@ -87,7 +125,7 @@ def timing(sizes, densities, ai_steps: int) -> list[dict]:
       row["ai_first_s"], row["ai_s"] = _time(lambda: methods.initialize(
           "uniform+ai", key, params, d, ai_steps=ai_steps).params, repeats=1)
       rows.append(row)
-      print(row, file=sys.stderr, flush=True)
+      print(timing_line(row), flush=True)
   return rows
 
 
@@ -267,6 +305,9 @@ def main(argv=None) -> int:
   n_law = min(128, max(sizes))
   law = density_law(n_law, args.keys)
   _write(out / "density_law.csv", law)
+  gap = max(abs(r["expected_density"] - r["simulated_mean"]) for r in law)
+  print(f"Density law of a {n_law} x {n_law} EOI matrix: the exact expected density and the mean "
+        f"over {args.keys} keys differ by at most {gap:.4f} over {len(law)} rotation counts")
   try:
     _figures(out, rows, args.densities, law, n_law, ai_steps=ai_steps,
              keys=args.keys)

@@ -77,7 +77,7 @@ def main(argv=None) -> int:
   (out / "sparsity.txt").write_text(result.sparsity.table() + "\n")
   _common.provenance(out, ["experiments.vit_digits"] + list(sys.argv[1:] if argv is None
                                                            else argv))
-  print(json.dumps(summary))
+  print("\n".join(f"{key}: {value}" for key, value in summary.items()))
   if args.record:
     print(f"record: {_common.record(out, 'vit_digits')}")
   return 0
