@@ -295,3 +295,12 @@ def test_config_block_field():
     make_config("digits_smoke", init="snip", block=8)
   with pytest.raises(ValueError, match="block must be >= 1"):
     make_config("digits_smoke", block=0)
+
+
+def test_block_experiment_grid_plans_without_data(capsys):
+  from experiments import _common, block_eoi
+
+  assert _common.main(block_eoi.EXPERIMENT, ["--check"]) == 0
+  assert "114 runs in the grid, 114 OK, 0 dropped" in capsys.readouterr().out
+  quick = block_eoi.grids(True, 1)
+  assert quick[0]["block"] == [None, 8, 32] and quick[0]["init"] == ["eoi", "uniform"]
