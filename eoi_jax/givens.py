@@ -327,16 +327,18 @@ def _rotation_sequence(key, num_cols, num_rotations, dtype):
 # step: the reads are therefore materialised behind an optimization barrier.
 
 
-# Low significand bits a half of each float drops (see :func:`_halves`).
-_HALF_DROP = {4: (np.uint32, 12), 8: (np.uint64, 27)}
+_UINTS = {2: np.uint16, 4: np.uint32, 8: np.uint64}
 
 
 def _halves(x):
   """``(hi, lo)`` with ``x == hi + lo`` exactly, each holding at most half of
-  the dtype's significand bits (12 of float32's 24, 26 of float64's 53), so
-  the product of any two halves is exact. ``hi`` is ``x`` rounded to nearest
-  at the dropped bits (in integer arithmetic, exact), ``lo`` the remainder."""
-  uint, drop = _HALF_DROP[x.dtype.itemsize]
+  the dtype's ``p`` significand bits (``hi`` ``floor(p / 2)``, ``lo`` at most
+  ``ceil(p / 2) - 1``: 12 and 11 of float32's 24), so the product of any two
+  halves is exact (unless it falls below the dtype's smallest normal number,
+  1e-38 in float32). ``hi`` is ``x`` rounded to nearest at the ``ceil(p / 2)``
+  dropped bits (in integer arithmetic, exact), ``lo`` the remainder."""
+  drop = -(-(jnp.finfo(x.dtype).nmant + 1) // 2)
+  uint = _UINTS[x.dtype.itemsize]
   bits = lax.bitcast_convert_type(x, uint)
   rounded = (bits + uint(1 << (drop - 1))) & ~uint((1 << drop) - 1)
   hi = lax.bitcast_convert_type(rounded, x.dtype)

@@ -327,3 +327,21 @@ def test_same_bits_alone_under_jit_and_in_any_batch(rounds):
   pairs, angles = givens.rotation_sequence(
       keys[1], cols, int(givens.givens_orthogonal(keys[1], rows, cols, density).num_rotations))
   np.testing.assert_array_equal(_bits(givens.apply_rotations(pairs, angles, rows, cols)), alone[1])
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16, jnp.float16])
+def test_halves_are_exact_and_their_products_too(dtype):
+  # What makes the rotation immune to multiply-add fusion: x == hi + lo, and
+  # every product of two halves is exact in the dtype (checked in float64),
+  # unless it underflows below the smallest normal number.
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.standard_normal(4096) * 2.0 ** rng.integers(-4, 4, 4096), dtype)
+  y = jnp.asarray(rng.standard_normal(4096), dtype)
+  (xh, xl), (yh, yl) = givens._halves(x), givens._halves(y)
+  np.testing.assert_array_equal(np.asarray(xh + xl), np.asarray(x))
+  for a in (xh, xl):
+    for b in (yh, yl):
+      exact = np.asarray(a, np.float64) * np.asarray(b, np.float64)
+      normal = (np.abs(exact) >= float(jnp.finfo(dtype).tiny)) | (exact == 0)
+      assert normal.mean() > 0.25  # most products of float16 low halves underflow
+      np.testing.assert_array_equal(np.asarray(a * b, np.float64)[normal], exact[normal])
