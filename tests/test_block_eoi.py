@@ -304,3 +304,21 @@ def test_block_experiment_grid_plans_without_data(capsys):
   assert "114 runs in the grid, 114 OK, 0 dropped" in capsys.readouterr().out
   quick = block_eoi.grids(True, 1)
   assert quick[0]["block"] == [None, 8, 32] and quick[0]["init"] == ["eoi", "uniform"]
+
+
+def test_runs_saved_before_the_block_field_are_the_same_runs():
+  from eoi_jax.training import rundir
+
+  saved = {"density": 0.1, "init": "eoi"}  # a config.json written before `block` existed
+  assert rundir.config_changes(saved, {"density": 0.1, "init": "eoi", "block": None}) == []
+  assert rundir.config_changes(saved, {"density": 0.1, "init": "eoi", "block": 8}) == ["block"]
+
+
+def test_plan_refuses_a_block_that_fits_no_layer():
+  from eoi_jax.training import plan
+  from eoi_jax.training.config import make_config
+
+  fits = make_config("digits_smoke", init="eoi", block=16)  # 64-wide hidden layers
+  assert plan.plan(fits).densities is not None
+  with pytest.raises(plan.Infeasible, match="block=7"):
+    plan.plan(make_config("digits_smoke", init="eoi", block=7))

@@ -158,11 +158,12 @@ class InitKey(NamedTuple):
   allocator: str
   sao_degree: int | None
   structured: bool
+  block: int | None = None
 
   @classmethod
   def of(cls, config: Config) -> "InitKey":
     return cls(NetworkKey.of(config), config.init, config.density, config.allocator,
-               config.sao_degree, config.structured)
+               config.sao_degree, config.structured, config.block)
 
 
 def _allocated(layout: Layout, ends, density: float, allocator: str) -> dict:
@@ -194,16 +195,19 @@ def _empty_layers(layout: Layout, densities: dict) -> list[str]:
           if np.any(count_for_density(arrays[layer.name], layer.layer_size) == 0)]
 
 
-def _below_sparsest(layout: Layout, densities: dict, structured: bool) -> list[str]:
+def _below_sparsest(layout: Layout, densities: dict, structured: bool,
+                    blocks: dict | None = None) -> list[str]:
   """Layers asked for fewer entries than EOI's sparsest pattern holds: each matrix
   starts from the identity pattern (``min(in, out)`` non-zeros at the centre tap,
-  on every tap for structured convs)."""
+  on every tap for structured convs; ``min(in, out) / b`` blocks of ``b x b``
+  for a layer of ``blocks``, ``{name: b or None}``)."""
   arrays = layout.as_arrays(densities)
   out = []
   for layer in layout.layers:
     matrix = layer.resolved_kind().canonical_shape(layer.shape)
     taps = int(np.prod(matrix[:-2]))
-    least = wide_shape(matrix)[0] * (taps if structured else 1)
+    least = wide_shape(matrix)[0] * (taps if structured else 1) * ((blocks or {}).get(
+        layer.name) or 1)
     asked = count_for_density(np.maximum(arrays[layer.name], 0.0), int(np.prod(matrix)))
     if np.any(asked < least):
       out.append(layer.name)
@@ -213,6 +217,7 @@ def _below_sparsest(layout: Layout, densities: dict, structured: bool) -> list[s
 @_cached
 def _init_plan(key: InitKey) -> Plan:
   from eoi_jax.methods import registry
+  from eoi_jax.methods.blocks import layer_blocks
 
   layout, ends = network(key.network)
   method = registry.parse(key.init)
@@ -229,6 +234,7 @@ def _init_plan(key: InitKey) -> Plan:
     else:
       allocator = key.allocator if rule == "allocator" else rule
       densities = _allocated(layout, ends, key.density, allocator)
+    blocks = layer_blocks(layout, key.block)
   except (TypeError, ValueError) as e:
     raise Infeasible(f"{what}: {e}") from None
   if densities is not None and method.masks is not None:
@@ -239,7 +245,7 @@ def _init_plan(key: InitKey) -> Plan:
     elif empty:
       notes.append(f"{what}: layers {empty} keep no entry (all zero, they pass no signal)")
   if densities is not None and method.values == "eoi":
-    sparse = _below_sparsest(layout, densities, key.structured)
+    sparse = _below_sparsest(layout, densities, key.structured, blocks)
     if sparse:
       notes.append(f"{what}: layers {sparse} are asked for fewer entries than EOI's sparsest "
                    "pattern (min(in, out) per matrix) and get that pattern, denser than asked")
