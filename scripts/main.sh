@@ -31,5 +31,5 @@ fi
 echo "[2/3] provisioning MNIST (eoi-jax data fetch mnist)" >&2
 "$python" -m eoi_jax data fetch mnist
 
-echo "[3/3] training (eoi-jax train --config mnist_mlp --epochs 20 $*)" >&2
+echo "[3/3] training (eoi-jax train --config mnist_mlp --epochs 20${*:+ $*})" >&2
 "$python" -m eoi_jax train --config mnist_mlp --epochs 20 "$@"
