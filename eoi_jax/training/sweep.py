@@ -32,6 +32,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 import json
 import os
@@ -65,12 +66,17 @@ def _check_grid(base: Config, grid) -> dict:
   return out
 
 
+@functools.cache
+def _float_fields() -> frozenset:
+  """The config fields that take a float (read once: type hints are slow)."""
+  return frozenset(name for name, kind in typing.get_type_hints(Config).items()
+                   if kind is float or float in typing.get_args(kind))
+
+
 def _normalised(name: str, value):
   """``value`` of field ``name`` as the config holds it canonically: an int
   where the field takes a float becomes that float (``1`` -> ``1.0``)."""
-  kind = typing.get_type_hints(Config)[name]
-  takes_float = kind is float or float in typing.get_args(kind)
-  if takes_float and isinstance(value, int) and not isinstance(value, bool):
+  if name in _float_fields() and isinstance(value, int) and not isinstance(value, bool):
     return float(value)
   return value
 
