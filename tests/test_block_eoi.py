@@ -322,3 +322,16 @@ def test_plan_refuses_a_block_that_fits_no_layer():
   assert plan.plan(fits).densities is not None
   with pytest.raises(plan.Infeasible, match="block=7"):
     plan.plan(make_config("digits_smoke", init="eoi", block=7))
+
+
+def test_block_eoi_kernels_compress_to_their_blocks():
+  # The mask is a block mask, so the kernel stores as its blocks alone and
+  # multiplies as the dense kernel does.
+  from eoi_jax import block_sparse
+
+  weight, mask = eoi_jax.sparse_orthogonal(jax.random.key(6), (128, 64), 0.25, block=16)
+  compressed = block_sparse.compress(weight, mask, 16)
+  assert compressed.nnzb == int(mask.sum()) // 16**2 == 8
+  np.testing.assert_array_equal(block_sparse.decompress(compressed), weight)
+  x = jax.random.normal(jax.random.key(7), (4, 128))
+  np.testing.assert_allclose(block_sparse.block_matmul(x, compressed), x @ weight, atol=1e-5)
