@@ -238,6 +238,20 @@ def test_signals_are_held_while_deferred_then_delivered_once():
   assert signal.getsignal(signal.SIGTERM) == before  # handlers restored
 
 
+def test_a_signal_while_the_program_exits_ends_it_quietly():
+  """After its command, the program only cleans up (JAX's exit handlers): a
+  Ctrl-C then ends it with 130, its output flushed, and no traceback."""
+  script = ("import os, signal, time\n"
+            "from eoi_jax.training import interrupts\n"
+            "interrupts.exit_quietly_on_signals()\n"
+            "print('done', end='')\n"
+            "os.kill(os.getpid(), signal.SIGINT)\n"
+            "time.sleep(30)\n")
+  done = subprocess.run([sys.executable, "-c", script], env=dict(os.environ, PYTHONPATH=str(REPO)),
+                        capture_output=True, text=True, timeout=120)
+  assert (done.returncode, done.stdout, done.stderr) == (130, "done", "")
+
+
 def _train_until(argv, cwd, marker: str, signum):
   """Starts ``eoi-jax ARGV``, sends ``signum`` once ``marker`` is on stderr;
   returns ``(exit code, stderr)``."""

@@ -2,7 +2,7 @@
 
 Examples:
   eoi-jax data fetch mnist
-  eoi-jax train --config mnist_mlp --density 0.05 --epochs 20   # in runs/mnist_mlp_eoi_0.05_epochs=20
+  eoi-jax train --config mnist_mlp --density 0.05 --epochs 20  # runs/mnist_mlp_eoi_0.05_epochs=20
   eoi-jax train --config mnist_mlp --devices 8            # 8 devices (simulated on CPU)
   eoi-jax train --config my_config.json --lr 0.05
   eoi-jax train --config digits_smoke --help              # digits_smoke's values as defaults
@@ -446,35 +446,49 @@ COMMANDS = {"train": _run_train, "sweep": _run_sweep, "report": _run_report, "da
 
 
 def main(argv=None) -> int:
-  """Runs ``eoi-jax ARGV``; returns the exit code (module docstring)."""
+  """Runs ``eoi-jax ARGV``; returns the exit code (module docstring).
+
+  Called as the program (``argv`` ``None``), a signal after the command has
+  finished (while JAX and Orbax clean up at exit) ends the process quietly;
+  called with ``argv``, the signal handlers before it are restored.
+  """
+  program = argv is None
   argv = sys.argv[1:] if argv is None else list(argv)
   warnings.showwarning = _one_line_warning
-  args = build_parser(argv).parse_args(argv)
-  with _logging(), interrupts.handling_signals():
-    try:
-      return COMMANDS[args.command](args, argv)
-    except KeyboardInterrupt as e:
-      message = getattr(e, "message", "") or "interrupted; rerun the same command to resume"
-      print(f"eoi-jax: {message}", file=sys.stderr)
-      return 128 + getattr(e, "signum", signal.SIGINT)
-    except Exception as e:  # a clear one-line reason for known failures
-      from eoi_jax.training.data import FetchError
-      from eoi_jax.training.train import TrainingDiverged
-      found = os_error_of(e)
-      if found is not None and found[0] != errno.ENOENT:
-        if _log:
-          logging.getLogger("eoi_jax").error("%s", "".join(traceback.format_exception(e)))
-        code, path = found  # an error without a file name: the command's output folder
-        path = path or (str(_log[0].path.parent) if _log else "")
-        print(f"eoi-jax: error: {_os_error_line(code, path)}{_details()}", file=sys.stderr)
-        return 2
-      if isinstance(e, (ValueError, TypeError, OverflowError, FileNotFoundError)):
-        print(f"eoi-jax: error: {e}", file=sys.stderr)
-        return 2
-      if isinstance(e, (FetchError, TrainingDiverged)):
-        print(f"eoi-jax: error: {e}", file=sys.stderr)
-        return 1
-      raise
+  try:
+    with _logging(), interrupts.handling_signals():
+      return _main(argv)
+  finally:
+    if program:
+      interrupts.exit_quietly_on_signals()
+
+
+def _main(argv) -> int:
+  try:
+    args = build_parser(argv).parse_args(argv)
+    return COMMANDS[args.command](args, argv)
+  except KeyboardInterrupt as e:
+    message = getattr(e, "message", "") or "interrupted; rerun the same command to resume"
+    print(f"eoi-jax: {message}", file=sys.stderr)
+    return 128 + getattr(e, "signum", signal.SIGINT)
+  except Exception as e:  # a clear one-line reason for known failures
+    from eoi_jax.training.data import FetchError
+    from eoi_jax.training.train import TrainingDiverged
+    found = os_error_of(e)
+    if found is not None and found[0] != errno.ENOENT:
+      if _log:
+        logging.getLogger("eoi_jax").error("%s", "".join(traceback.format_exception(e)))
+      code, path = found  # an error without a file name: the command's output folder
+      path = path or (str(_log[0].path.parent) if _log else "")
+      print(f"eoi-jax: error: {_os_error_line(code, path)}{_details()}", file=sys.stderr)
+      return 2
+    if isinstance(e, (ValueError, TypeError, OverflowError, FileNotFoundError)):
+      print(f"eoi-jax: error: {e}", file=sys.stderr)
+      return 2
+    if isinstance(e, (FetchError, TrainingDiverged)):
+      print(f"eoi-jax: error: {e}", file=sys.stderr)
+      return 1
+    raise
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import sys
 import threading
 from pathlib import Path
 
@@ -65,6 +66,23 @@ def handling_signals():
   finally:
     for signum, handler in previous.items():
       signal.signal(signum, handler)
+
+
+def _exit_quietly(signum, frame):
+  for stream in (sys.stdout, sys.stderr):
+    with contextlib.suppress(Exception):
+      stream.flush()
+  os._exit(128 + signum)
+
+
+def exit_quietly_on_signals() -> None:
+  """From now on SIGINT and SIGTERM end the process at once (exit code
+  ``128 + signal``, output flushed, no traceback): for a program whose work
+  is done and that is exiting (JAX's and Orbax's exit handlers run after
+  it). Only in the main thread."""
+  if threading.current_thread() is threading.main_thread():
+    for signum in SIGNALS:
+      signal.signal(signum, _exit_quietly)
 
 
 @contextlib.contextmanager
@@ -127,6 +145,9 @@ def where(loop) -> str:
   saved = min(loop.last_saved[r] for r in loop.live()) if loop.live() else -1
   if not loop.stores:
     return text + "; checkpoints are off, so rerunning starts over"
+  if saved + 1 >= loop.epochs:
+    return (f"interrupted after the last epoch ({loop.epochs}/{loop.epochs}, checkpointed in "
+            f"{folder}); rerun the same command to write its summary")
   if saved < 0:
     return text + "; no checkpoint yet (none before the first epoch ends); rerun the same " \
                   "command to start again"
