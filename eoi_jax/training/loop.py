@@ -450,8 +450,9 @@ def _train(configs, runs, stores, spec, state, sparsities, loader, eval_loaders,
                       done=start_epoch * steps)
   what = runs[0].path if len(runs) == 1 else f"{len(runs)} runs"
   if start_epoch >= base.epochs and not progress.quiet:
+    kept = "its record is" if len(runs) == 1 else "their records are"
     progress.done(f"{what} already finished ({base.epochs}/{base.epochs} epochs); nothing to "
-                  "train, its record is kept")
+                  f"train, {kept} kept")
   elif start_epoch and not progress.quiet:
     progress.done(f"resuming {what}: {start_epoch}/{base.epochs} epochs done, from epoch "
                   f"{start_epoch + 1}")
