@@ -192,21 +192,11 @@ def _batched_values(shape: givens.CoreShape, block: int, dtype):
   same loop over the merged batch (not a loop whose every step selects the
   whole carried matrix, as a vmapped loop of per-problem lengths would)."""
 
-  @jax.custom_batching.custom_vmap
   def loop(keys, rows, cols, num_rotations, scale):
     return _values_batch(keys, rows, cols, num_rotations, scale, shape=shape, block=block,
                          dtype=dtype)
 
-  @loop.def_vmap
-  def merged(axis_size, in_batched, *args):
-    rows = args[1]
-    batch = rows.shape[1] if in_batched[1] else rows.shape[0]
-    args = [x if batched else jnp.broadcast_to(x, (axis_size,) + x.shape)
-            for x, batched in zip(args, in_batched)]
-    outputs = loop(*[x.reshape((axis_size * batch,) + x.shape[2:]) for x in args])
-    return tuple(x.reshape((axis_size, batch) + x.shape[1:]) for x in outputs), (True, True)
-
-  return loop
+  return givens.merged_batch(loop)
 
 
 @functools.partial(jax.jit, static_argnames=("shape", "block", "dtype", "rounds"))

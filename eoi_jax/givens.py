@@ -766,15 +766,11 @@ def _loop_batch(keys, rows, cols, target_nnz, undo_above, scale, *, shape: CoreS
   return state.columns.reshape(batch, shape.cols, shape.rows), state.num_rotations
 
 
-@functools.lru_cache(maxsize=None)
-def _batched_loop(shape: CoreShape, dtype):
-  """:func:`_loop_batch` for ``shape`` and ``dtype``, with a batching rule:
-  ``jax.vmap`` of it (over a network's kernels, a stack of layers, or a
-  user's keys, nested or not) is the same loop over the merged batch."""
-
-  @jax.custom_batching.custom_vmap
-  def loop(keys, rows, cols, target_nnz, undo_above, scale):
-    return _loop_batch(keys, rows, cols, target_nnz, undo_above, scale, shape=shape, dtype=dtype)
+def merged_batch(batch_loop):
+  """``batch_loop`` (arguments with a leading batch axis, the second of them
+  ``(B,)``-shaped; two outputs with that batch axis) with a batching rule:
+  ``jax.vmap`` of it, nested or not, is one call on the merged batch."""
+  loop = jax.custom_batching.custom_vmap(batch_loop)
 
   @loop.def_vmap
   def merged(axis_size, in_batched, *args):
@@ -786,6 +782,18 @@ def _batched_loop(shape: CoreShape, dtype):
     return tuple(x.reshape((axis_size, batch) + x.shape[1:]) for x in outputs), (True, True)
 
   return loop
+
+
+@functools.lru_cache(maxsize=None)
+def _batched_loop(shape: CoreShape, dtype):
+  """:func:`_loop_batch` for ``shape`` and ``dtype``, with a batching rule:
+  ``jax.vmap`` of it (over a network's kernels, a stack of layers, or a
+  user's keys, nested or not) is the same loop over the merged batch."""
+
+  def loop(keys, rows, cols, target_nnz, undo_above, scale):
+    return _loop_batch(keys, rows, cols, target_nnz, undo_above, scale, shape=shape, dtype=dtype)
+
+  return merged_batch(loop)
 
 
 def _rounds_core(key, rows, cols, target_nnz, undo_above, scale, *, shape: CoreShape, dtype):

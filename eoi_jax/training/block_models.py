@@ -42,7 +42,24 @@ def _lecun(key, shape, dtype=jnp.float32):
   return jax.nn.initializers.lecun_normal()(key, shape, dtype)
 
 
-class BlockSparseLinear(nnx.Module):
+class _Compressed:
+  """What the compressed layers share: ``blocks`` (an ``nnx.Param`` of the
+  stored blocks) and ``layout`` (their static :class:`BlockLayout`)."""
+
+  @property
+  def kernel(self) -> BlockSparse:
+    """The compressed kernel (a stack's: with a leading layer axis)."""
+    return BlockSparse(self.blocks[...], self.layout)
+
+  def dense_kernel(self) -> jax.Array:
+    """The dense kernel(s), zeros off the stored blocks."""
+    return block_sparse.decompress(self.kernel)
+
+  def block_mask(self) -> np.ndarray:
+    return block_sparse.block_mask(self.layout)
+
+
+class BlockSparseLinear(_Compressed, nnx.Module):
   """``x @ W + bias`` with ``W (in, out)`` stored as its kept ``b x b`` blocks.
 
   Args:
@@ -85,24 +102,12 @@ class BlockSparseLinear(nnx.Module):
     return cls(fan_in, fan_out, block, block_mask=block_mask, kernel=kernel, bias=bias,
                use_bias=bias is not None)
 
-  @property
-  def kernel(self) -> BlockSparse:
-    """The compressed kernel."""
-    return BlockSparse(self.blocks[...], self.layout)
-
-  def dense_kernel(self) -> jax.Array:
-    """The dense ``(in, out)`` kernel, zeros off the stored blocks."""
-    return block_sparse.decompress(self.kernel)
-
-  def block_mask(self) -> np.ndarray:
-    return block_sparse.block_mask(self.layout)
-
   def __call__(self, x):
     y = block_sparse.block_matmul(x, self.kernel)
     return y if self.bias is None else y + self.bias[...]
 
 
-class BlockSparseStack(nnx.Module):
+class BlockSparseStack(_Compressed, nnx.Module):
   """``num_layers`` square ``width x width`` block-sparse layers with an
   activation, scanned (:func:`eoi_jax.block_sparse.block_stack_apply`): the
   compressed counterpart of :class:`eoi_jax.training.models.DenseStack`.
@@ -137,17 +142,6 @@ class BlockSparseStack(nnx.Module):
     self.bias = nnx.Param(jnp.zeros((num_layers, width), compressed.blocks.dtype)
                           if biases is None else jnp.asarray(biases))
     self.act = act
-
-  @property
-  def kernel(self) -> BlockSparse:
-    return BlockSparse(self.blocks[...], self.layout)
-
-  def dense_kernel(self) -> jax.Array:
-    """Dense ``(num_layers, width, width)`` kernels, zeros off the stored blocks."""
-    return block_sparse.decompress(self.kernel)
-
-  def block_mask(self) -> np.ndarray:
-    return block_sparse.block_mask(self.layout)
 
   def __call__(self, x):
     return block_sparse.block_stack_apply(self.act, self.kernel, self.bias[...], x)
