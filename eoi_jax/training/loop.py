@@ -392,11 +392,11 @@ def run_group(configs, *, mesh: jax.sharding.Mesh, dataset: data.Dataset | None 
   locked, stores, current = [], [], []  # current: the Loop, once training starts
   try:
     if writes:
-      for run in runs:
+      for run, config in zip(runs, configs):
         locked.append(run.lock())
         # Again, under the lock: no other process wrote another config since.
-        if run.path.exists() and configs[runs.index(run)].resume:
-          run.check_config(dataclasses.asdict(configs[runs.index(run)]))
+        if run.path.exists() and config.resume:
+          run.check_config(dataclasses.asdict(config))
     if base.checkpoint:
       stores = [CheckpointStore(run.path / "checkpoints", process_local=process_local)
                 for run in runs]
