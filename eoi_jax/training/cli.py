@@ -31,6 +31,7 @@ import argparse
 import contextlib
 import dataclasses
 import errno
+import gc
 import json
 import logging
 import os
@@ -344,7 +345,9 @@ class _LogFile(logging.Handler):
       pass
 
 
-_LOGGERS = ("absl", "eoi_jax")  # absl: Orbax's messages
+# absl: Orbax's messages; asyncio: the failed writes of an Orbax save that
+# no one awaited, reported when their futures are collected.
+_LOGGERS = ("absl", "asyncio", "eoi_jax")
 _log: list[_LogFile] = []
 
 
@@ -384,6 +387,7 @@ def _logging():
   try:
     yield
   finally:
+    gc.collect()  # reports of dropped futures reach the log, not the terminal
     sys.excepthook, threading.excepthook, sys.unraisablehook = hooks
     for handler in _log:
       for name in _LOGGERS:
