@@ -2,7 +2,7 @@
 
 An experiment is a base config and a list of grids (:mod:`eoi_jax.training.sweep`)
 for the paper's protocol and for ``--quick``. :func:`main` parses ``--quick``,
-``--seeds``, ``--epochs``, ``--max-runs-per-step``, ``--runs-dir``,
+``--seeds``, ``--epochs``, ``--limit``, ``--max-runs-per-step``, ``--runs-dir``,
 ``--results-dir``, ``--dataset`` (where an experiment offers several),
 ``--check``, ``--dry-run`` and ``--record``:
 
@@ -16,10 +16,10 @@ for the paper's protocol and for ``--quick``. :func:`main` parses ``--quick``,
   that cannot be built are dropped before anything trains, each named with
   its reason in ``sweep.json``) and writes ``results.csv``, ``table.md``, the
   figures and ``PROVENANCE.md`` (command, device, JAX version, date, commit,
-  dropped runs) beside the runs, in ``runs/experiments/<name>[-dataset][-quick]/``
+  dropped runs) beside the runs, in ``runs/experiments/<name>[-dataset][-quick][-epochsN][-seedsN][-limitN]/``
   (or ``--results-dir``);
 * ``--record`` then copies those files to
-  ``experiments/results/<name>[-dataset][-quick]/``, the repository's record
+  ``experiments/results/<name>[-dataset][-quick][-epochsN][-seedsN][-limitN]/``, the repository's record
   (files of an earlier record that the run did not write are removed); without
   it nothing under ``experiments/results/`` changes. ``eoi-jax report`` reads
   either directory: the record's ``sweep.json`` names the runs' directory.
@@ -73,6 +73,8 @@ def parser(experiment: Experiment) -> argparse.ArgumentParser:
   p.add_argument("--seeds", type=int, help="seeds per cell (default: "
                  f"{experiment.default_seeds[0]}, --quick {experiment.default_seeds[1]})")
   p.add_argument("--epochs", type=int, help="epochs per run (default: the protocol's)")
+  p.add_argument("--limit", type=int,
+                 help="train on the first LIMIT training examples (default: all, the protocol's)")
   p.add_argument("--max-runs-per-step", type=int,
                  help="runs trained side by side in one step (default: 16 on CPUs)")
   p.add_argument("--runs-dir", help="where the runs live (default runs/experiments/NAME)")
@@ -105,24 +107,36 @@ def configs(experiment: Experiment, args) -> tuple:
       1 if args.quick else 0]
   if seeds < 1:
     raise ValueError(f"--seeds must be >= 1, got {seeds}")
-  if args.epochs is not None and args.epochs < 1:
-    raise ValueError(f"--epochs must be >= 1, got {args.epochs}")
+  for flag in ("epochs", "limit"):
+    value = getattr(args, flag, None)
+    if value is not None and value < 1:
+      raise ValueError(f"--{flag} must be >= 1, got {value}")
   dataset = getattr(args, "dataset", None)
   runs_dir = Path(args.runs_dir or Path("runs") / "experiments" / record_name(experiment, args))
   results_dir = Path(args.results_dir or runs_dir)
   base = experiment.base(args.quick, args.epochs)
   if dataset is not None:
     base = replace(base, dataset=dataset)
+  if getattr(args, "limit", None) is not None:
+    base = replace(base, limit=args.limit)
   grids = experiment.grids(args.quick, seeds)
   return base, grids, sweep.expand(base, grids, runs_dir), runs_dir, results_dir
 
 
 def record_name(experiment: Experiment, args) -> str:
-  """``<name>[-dataset][-quick]``: the runs' and the record's folder name."""
+  """``<name>[-dataset][-quick][-epochsN][-seedsN][-limitN][-epochsN][-seedsN][-limitN]``: the runs' and
+  the record's folder name. Each departure from the protocol (or from
+  ``--quick``) that the command line asks for is in the name, so that a
+  shortened grid is never recorded as the protocol's."""
   dataset = getattr(args, "dataset", None)
   paper_data = dataset is None or dataset == experiment.datasets[0]
-  return experiment.name + ("" if paper_data else f"-{dataset}") + (
+  name = experiment.name + ("" if paper_data else f"-{dataset}") + (
       "-quick" if getattr(args, "quick", False) else "")
+  for flag in ("epochs", "seeds", "limit"):
+    value = getattr(args, flag, None)
+    if value is not None:
+      name += f"-{flag}{value}"
+  return name
 
 
 def record(results_dir, name: str, sweep_dir=None) -> Path:

@@ -48,8 +48,22 @@ def test_quick_grid_expands_and_its_first_run_starts(name, tmp_path, capsys):
 
 def test_bad_arguments_are_one_line_errors(capsys):
   experiment = importlib.import_module("experiments.mlp_density").EXPERIMENT
-  assert _common.main(experiment, ["--seeds", "0", "--dry-run"]) == 2
-  assert "--seeds must be >= 1" in capsys.readouterr().err
+  for flag in ("--seeds", "--epochs", "--limit"):
+    assert _common.main(experiment, [flag, "0", "--dry-run"]) == 2
+    assert f"{flag} must be >= 1" in capsys.readouterr().err
+
+
+def test_a_shortened_grid_is_named_by_what_it_changed_and_trains_that(tmp_path):
+  experiment = importlib.import_module("experiments.block_eoi").EXPERIMENT
+  argv = ["--epochs", "3", "--limit", "20000", "--seeds", "2", "--runs-dir", str(tmp_path)]
+  args = _common.parser(experiment).parse_args(argv)
+  assert _common.record_name(experiment, args) == "block_eoi-epochs3-seeds2-limit20000"
+  configs = _common.configs(experiment, args)[2]
+  assert {(c.epochs, c.limit) for c in configs} == {(3, 20000)}
+  assert {c.seed for c in configs} == {0, 1}
+  protocol = _common.parser(experiment).parse_args([])
+  assert _common.record_name(experiment, protocol) == "block_eoi"
+  assert {(c.epochs, c.limit) for c in _common.configs(experiment, protocol)[2]} == {(20, None)}
 
 
 def test_provenance_names_command_device_version_date_commit(tmp_path):
