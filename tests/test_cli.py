@@ -2,6 +2,7 @@
 interrupts, and OS errors and out-of-range numbers as one-line errors."""
 
 import errno
+import io
 import json
 import os
 import shutil
@@ -250,6 +251,14 @@ def test_a_signal_while_the_program_exits_ends_it_quietly():
   done = subprocess.run([sys.executable, "-c", script], env=dict(os.environ, PYTHONPATH=str(REPO)),
                         capture_output=True, text=True, timeout=120)
   assert (done.returncode, done.stdout, done.stderr) == (130, "done", "")
+
+
+def test_a_progress_line_counts_its_label_and_gives_the_rate_in_its_unit():
+  from eoi_jax.training.progress import Progress
+
+  line = Progress(420, label="step (runs 1-16)", unit="step", stream=io.StringIO()).line(0)
+  assert line.startswith("step (runs 1-16) 0/420  0.00 steps/s  ETA ?"), line
+  assert Progress(8, label="run", stream=io.StringIO()).line(0).startswith("run 0/8  0.00 runs/s")
 
 
 def _train_until(argv, cwd, marker: str, signum):

@@ -445,7 +445,7 @@ def _train(configs, runs, stores, spec, state, sparsities, loader, eval_loaders,
               step=start_epoch * steps, diverged=[None] * len(configs),
               last_saved=[start_epoch - 1] * len(configs), zeros=zeros)
   current.append(loop)
-  progress = Progress(steps * base.epochs, label=progress_label,
+  progress = Progress(steps * base.epochs, label=progress_label, unit="step",
                       quiet=all(c.quiet for c in configs) or not writes,
                       done=start_epoch * steps)
   what = runs[0].path if len(runs) == 1 else f"{len(runs)} runs"

@@ -28,7 +28,8 @@ class Progress:
 
   Args:
     total: units of the whole job (steps, runs).
-    label: what is counted, e.g. ``"step"``.
+    label: what is counted, e.g. ``"step"`` or ``"step (runs 1-16)"``.
+    unit: the rate's unit (default ``label``): ``"step"`` shows ``steps/s``.
     quiet: print nothing.
     interval: seconds between lines when not on a terminal (at most 30 by
       default, as long jobs must show they are alive).
@@ -36,9 +37,10 @@ class Progress:
     done: units already done before this process (a resumed job).
   """
 
-  def __init__(self, total: int, *, label: str = "step", quiet: bool = False,
-               interval: float = 30.0, stream=None, done: int = 0):
+  def __init__(self, total: int, *, label: str = "step", unit: str | None = None,
+               quiet: bool = False, interval: float = 30.0, stream=None, done: int = 0):
     self.total, self.label, self.quiet, self.interval = int(total), label, quiet, interval
+    self.unit = label if unit is None else unit
     self.stream = sys.stderr if stream is None else stream
     self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
     self._start_done, self._start = int(done), time.perf_counter()
@@ -51,7 +53,7 @@ class Progress:
     elapsed = time.perf_counter() - self._start
     rate = (done - self._start_done) / elapsed if elapsed > 0 else 0.0
     eta = (self.total - done) / rate if rate > 0 else float("nan")
-    parts = [f"{self.label} {done}/{self.total}", f"{rate:.2f} {self.label}s/s",
+    parts = [f"{self.label} {done}/{self.total}", f"{rate:.2f} {self.unit}s/s",
              f"ETA {_duration(eta) if eta == eta else '?'}"]
     for key, value in fields.items():
       parts.append(f"{key} {value:.4f}" if isinstance(value, float) else f"{key} {value}")
