@@ -342,12 +342,17 @@ def test_console_script_entry_point_resolves():
   assert getattr(importlib.import_module(module), attr) is cli.main
 
 
-@pytest.mark.parametrize("activation", ["tanh", "relu", "linear", "hard_tanh", "selu"])
-def test_dense_stack_explicit_backward_equals_autodiff(activation):
+@pytest.mark.parametrize("activation,depth", [("tanh", 6), ("tanh", 7), ("relu", 6),
+                                              ("relu", 7), ("linear", 6), ("hard_tanh", 6),
+                                              ("selu", 7)])
+def test_dense_stack_explicit_backward_equals_autodiff(activation, depth):
+  """Both backward forms (derivative from the output: tanh, ReLU; from the
+  stored pre-activation: the others), over an even and an odd number of
+  stacked layers (two layers per loop iteration, or one)."""
   from flax import nnx
 
-  model = models.build("mlp", (8, 8, 1), 10, depth=6, width=16, activation_name=activation,
-                       seed=0)
+  model = models.build("mlp", (8, 8, 1), 10, depth=depth, width=16,
+                       activation_name=activation, seed=0)
   x = jax.random.normal(jax.random.key(1), (5, 8, 8, 1))
   graph, params, rest = nnx.split(model, nnx.Param, ...)
 
