@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The main job, from a fresh clone: install the project, provision real MNIST,
+# The main job, from a fresh clone: install the project, provision real MNIST
+# (and the 8x8 digits the test suite trains on),
 # train the paper's 784-100x6-10 tanh MLP at density 0.1 with EOI for 20
 # epochs, and print its test accuracy and where the run's outputs are
 # (runs/mnist_mlp_eoi_0.1_epochs=20). Extra arguments go to `eoi-jax train`
@@ -28,8 +29,10 @@ then
   exit 1
 fi
 
-echo "[2/3] provisioning MNIST (eoi-jax data fetch mnist)" >&2
+echo "[2/3] provisioning MNIST and the 8x8 digits, the test suite's small dataset" \
+     "(eoi-jax data fetch mnist; eoi-jax data fetch digits)" >&2
 "$python" -m eoi_jax data fetch mnist
+"$python" -m eoi_jax data fetch digits
 
 echo "[3/3] training (eoi-jax train --config mnist_mlp --epochs 20${*:+ $*})" >&2
 "$python" -m eoi_jax train --config mnist_mlp --epochs 20 "$@"

@@ -290,3 +290,24 @@ def test_ctrl_c_and_sigterm_stop_with_one_line_and_the_same_command_resumes(tmp_
   assert "resuming run: " in err and "/400 epochs done" in err
   assert err.strip().splitlines()[-1].startswith("eoi-jax: interrupted at epoch ")
   assert "Traceback" not in err and "absl" not in err
+
+
+def test_ctrl_c_and_sigterm_stop_a_sweep_with_one_line_and_the_same_command_resumes(tmp_path):
+  """A sweep interrupted while a group of runs trains ends with the one line
+  naming the group and its checkpoints (no traceback, no checkpoint thread's
+  error); rerun, it says what it resumes before training."""
+  (tmp_path / "grid.json").write_text(json.dumps({"grid": {"seed": [0, 1, 2]}}))
+  argv = ["sweep", "--grid", "grid.json", "--sweep-dir", "sweep", *SMALL, "--epochs", "400",
+          "--max-runs-per-step", "2", "--no-figures"]
+  code, err = _train_until(argv, tmp_path, "epoch 2/400", signal.SIGINT)
+  last = err.strip().splitlines()[-1]
+  assert code == 130, err[-3000:]
+  assert last.startswith("eoi-jax: interrupted at epoch ") and "(2 runs under sweep/runs)" in last
+  assert "sweep/runs/*/checkpoints" in last and "rerun the same command" in last
+  assert "Traceback" not in err and "absl" not in err and "Finalize" not in err
+  code, err = _train_until(argv, tmp_path, "resuming 2 runs: ", signal.SIGTERM)
+  assert code == 143, err[-3000:]
+  assert "resuming the sweep in sweep: " in err and "sweep sweep: 3 runs, 0 done, 3 to train" in err
+  assert "epochs done, from epoch " in err
+  assert err.strip().splitlines()[-1].startswith("eoi-jax: interrupted ")
+  assert "Traceback" not in err and "absl" not in err and "Finalize" not in err
