@@ -89,7 +89,8 @@ def parser(experiment: Experiment) -> argparse.ArgumentParser:
                  "dropped by reason; exit 0 when some run can be built")
   p.add_argument("--dry-run", action="store_true", help="print the grid's size and stop")
   add_record_argument(p)
-  p.add_argument("--quiet", action="store_true")
+  p.add_argument("--quiet", action="store_true",
+                 help="no progress or per-epoch lines (the summary and table still print)")
   return p
 
 
@@ -173,22 +174,30 @@ def record(results_dir, name: str, sweep_dir=None) -> Path:
   return destination
 
 
-def _dropped_lines(dropped) -> list[str]:
+def _dropped_lines(dropped, built_otherwise=()) -> list[str]:
   from eoi_jax.training import plan
 
-  if not dropped:
-    return []
-  counts = collections.Counter(plan.first_sentence(d["reason"]) for d in dropped)
-  return (["", "## Runs dropped before training", "",
-           f"{len(dropped)} runs of the grid cannot be built and were not trained "
-           "(`sweep.json` names each run and its whole reason):", ""]
-          + [f"- {n} runs: {reason}" for reason, n in counts.items()])
+  lines = []
+  if dropped:
+    counts = collections.Counter(plan.first_sentence(d["reason"]) for d in dropped)
+    lines += (["", "## Runs dropped before training", "",
+               f"{len(dropped)} runs of the grid cannot be built and were not trained "
+               "(`sweep.json` names each run and its whole reason):", ""]
+              + [f"- {n} runs: {reason}" for reason, n in counts.items()])
+  if built_otherwise:
+    counts = collections.Counter(note["note"] for note in built_otherwise)
+    lines += (["", "## Runs built otherwise than asked", "",
+               f"{len({note['run'] for note in built_otherwise})} runs were trained as built "
+               "(the table shows their realised density; `sweep.json` names each run):", ""]
+              + [f"- {n} runs: {note}" for note, n in counts.items()])
+  return lines
 
 
-def provenance(results_dir: Path, argv, dropped=()) -> None:
-  """``PROVENANCE.md``: the command, device, JAX version, date and commit, and
-  the runs ``dropped`` before training (``[{"run", "reason"}]``, as in
-  ``sweep.json``) grouped by reason."""
+def provenance(results_dir: Path, argv, dropped=(), built_otherwise=()) -> None:
+  """``PROVENANCE.md``: the command, device, JAX version, date and commit, the
+  runs ``dropped`` before training (``[{"run", "reason"}]``, as in
+  ``sweep.json``) grouped by reason, and the runs ``built_otherwise`` than
+  asked (``[{"run", "note"}]``) grouped by note."""
   import jax
 
   try:
@@ -207,7 +216,8 @@ def provenance(results_dir: Path, argv, dropped=()) -> None:
            f"- date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC",
            f"- commit: {commit}"]
   (results_dir / "PROVENANCE.md").write_text("# How these results were made\n\n"
-                                             + "\n".join(lines + _dropped_lines(dropped))
+                                             + "\n".join(lines + _dropped_lines(
+                                                 dropped, built_otherwise))
                                              + "\n")
 
 
@@ -239,9 +249,10 @@ def main(experiment: Experiment, argv=None) -> int:
   except ValueError as e:
     print(f"{experiment.name}: error: {e}", file=sys.stderr)
     return 2
-  dropped = json.loads((runs_dir / "sweep.json").read_text()).get("dropped", [])
+  planned = json.loads((runs_dir / "sweep.json").read_text())
   provenance(results_dir, [f"experiments.{experiment.name}"] + list(
-      sys.argv[1:] if argv is None else argv), dropped)
+      sys.argv[1:] if argv is None else argv), planned.get("dropped", []),
+      planned.get("built_otherwise", []))
   print(f"results: {results}")
   print((results_dir / "table.md").read_text(), end="")
   if args.record:

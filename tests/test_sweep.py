@@ -373,6 +373,20 @@ def test_sweep_drops_runs_that_cannot_be_built_and_says_why(tmp_path, capsys):
     sweep.run_sweep(base, {"init": ["sao"], "density": [0.3]}, tmp_path / "none")
 
 
+def test_a_sweep_records_the_runs_built_otherwise_than_asked(tmp_path, capsys):
+  """At 0.03 the 16 x 16 hidden layer is asked for 8 entries, fewer than EOI's
+  sparsest pattern (16): the run trains with that pattern, and the sweep says
+  so and records which run and why."""
+  base = _config(tmp_path, "unused", width=16, epochs=1, checkpoint=False, limit=256)
+  sweep.run_sweep(base, {"init": ["eoi"], "density": [0.03, 0.25]}, tmp_path / "sweep",
+                  figures=False)
+  assert "1 runs are built otherwise than asked" in capsys.readouterr().err
+  record = json.loads((tmp_path / "sweep" / "sweep.json").read_text())
+  assert record["dropped"] == [] and [n["run"] for n in record["built_otherwise"]] == [
+      "init=eoi,density=0.03"]
+  assert "fewer entries than EOI's sparsest pattern" in record["built_otherwise"][0]["note"]
+
+
 def test_model_fields_a_model_does_not_take_are_errors(tmp_path, capsys):
   with pytest.raises(ValueError, match="model 'resnet32' does not take depth, width"):
     make_config("cifar10_resnet32", depth=20, width=999)

@@ -279,6 +279,11 @@ class Checked(NamedTuple):
     """``[{"run": run directory name, "reason": ...}]`` of the dropped runs."""
     return [{"run": Path(c.run_dir).name, "reason": reason} for c, reason in self.dropped]
 
+  def note_records(self) -> list[dict]:
+    """``[{"run": run directory name, "note": ...}]`` of the runs built otherwise
+    than asked (kept and trained)."""
+    return [{"run": Path(c.run_dir).name, "note": note} for c, note in self.notes]
+
   def table(self, title: str) -> str:
     """A short text table: runs in the grid, runs OK, runs dropped by reason (each
     reason's first sentence; :meth:`records` has them whole)."""

@@ -205,7 +205,8 @@ def run_sweep(base: Config, grid: dict, sweep_dir, *, max_runs_per_step: int | N
   quiet = quiet or not main
   if main:
     record = {"base": dataclasses.asdict(base), "grid": grid,
-              "runs": len(checked.runs) + len(checked.dropped), "dropped": checked.records()}
+              "runs": len(checked.runs) + len(checked.dropped), "dropped": checked.records(),
+              "built_otherwise": checked.note_records()}
     write_record(sweep_dir, record)
     if results_dir is not None and Path(results_dir).resolve() != sweep_dir.resolve():
       write_record(results_dir, record, sweep_dir=sweep_dir)
@@ -220,6 +221,10 @@ def run_sweep(base: Config, grid: dict, sweep_dir, *, max_runs_per_step: int | N
     if checked.dropped:
       progress.done(f"sweep {sweep_dir}: {len(checked.dropped)} runs dropped, they cannot be "
                     "built (reasons in sweep.json)")
+    if checked.notes:
+      progress.done(f"sweep {sweep_dir}: {len({c.run_dir for c, _ in checked.notes})} runs are "
+                    "built otherwise than asked (denser than asked, or with empty layers; "
+                    "notes in sweep.json)")
     progress.done(f"sweep {sweep_dir}: {len(configs)} runs, {len(configs) - len(todo)} done, "
                   f"{len(todo)} to train")
   done = len(configs) - len(todo)
