@@ -47,6 +47,8 @@ _SPARE_LOOKS = ((0.6, "s"), (-0.6, "D"), (0.2, "v"), (-0.2, "P"))
 _LINESTYLES = ("-", "--", ":", "-.", (0, (5, 1, 1, 1, 1, 1)), (0, (8, 2)), (0, (1, 3)),
                (0, (3, 1, 1, 1)))
 _FILLS = ("full", "none", "left", "right", "bottom", "top")
+# A method's option sets (e.g. block sizes) in figures whose line style is free.
+VARIANT_LINESTYLES = ("-", "--", ":", "-.")
 
 
 class Style(NamedTuple):

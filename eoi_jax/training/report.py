@@ -265,7 +265,16 @@ def _method_rank() -> dict:
 
 
 def _series_key(series) -> tuple:
-  return (_method_rank().get(series[0], len(_method_rank())), json.dumps(series, default=str))
+  """The registry's order of methods; a method's option sets unset first, then by
+  value, numbers in numeric order (block 8 before block 32)."""
+  method, options = series
+
+  def value_key(value):
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    return (value is not None, not number, value if number else 0, json.dumps(value, default=str))
+
+  return (_method_rank().get(method, len(_method_rank())),
+          tuple((field, value_key(value)) for field, value in options))
 
 
 def cells(runs, value: str | Callable = "test_accuracy") -> dict[Cell, Stats]:
@@ -436,9 +445,11 @@ def _series_in_order(cell_keys) -> list:
   return sorted(dict.fromkeys(c.series for c in cell_keys), key=_series_key)
 
 
-def _series_looks(series_list) -> dict:
+def _series_looks(series_list, *, variant_lines: bool = False) -> dict:
   """``{series: plot keywords}``: the method's colour and marker; a method's
-  further option sets get other marker fills."""
+  further option sets get other marker fills and, with ``variant_lines``
+  (figures whose line style is free), other line styles, so that lines that
+  coincide stay told apart."""
   from eoi_jax.training import plotting
 
   looks, seen = {}, {}
@@ -448,6 +459,9 @@ def _series_looks(series_list) -> dict:
     looks[series] = dict(color=style.colour, marker=style.marker,
                          fillstyle=plotting.fill(len(variant)),
                          markersize=9 if style.marker == "*" else 6)
+    if variant_lines:
+      looks[series]["linestyle"] = plotting.VARIANT_LINESTYLES[
+          len(variant) % len(plotting.VARIANT_LINESTYLES)]
     variant.append(series)
   return looks
 
@@ -455,7 +469,8 @@ def _series_looks(series_list) -> dict:
 def _handles(looks: dict, labels: dict):
   from eoi_jax.training import plotting
 
-  handles = [plotting.handle(look["color"], look["marker"], fillstyle=look["fillstyle"])
+  handles = [plotting.handle(look["color"], look["marker"], fillstyle=look["fillstyle"],
+                             linestyle=look.get("linestyle", "-"))
              for look in looks.values()]
   return handles, [labels.get(s, series_label(s)) for s in looks]
 
@@ -473,7 +488,7 @@ def _seeds_text(seeds: int) -> str:
 def _accuracy_figure(plotting, acc, title, densities, seeds):
   panels = list(dict.fromkeys(c.panel for c in acc))
   series = _series_in_order(acc)
-  looks = _series_looks(series)
+  looks = _series_looks(series, variant_lines=True)
   fig, axes = plotting.figure(len(panels), f"{title}\nfinal test accuracy (mean ± std over "
                               f"{_seeds_text(seeds)}) against realised density", sharey=True)
   drawn = {}
@@ -544,7 +559,7 @@ def _jacobian_figure(plotting, runs, title, densities, seeds):
            for key in ("jacobian_sv_mean", "jacobian_sv_var")}
   panels = list(dict.fromkeys(c.panel for c in stats["jacobian_sv_mean"]))
   series = _series_in_order(stats["jacobian_sv_mean"])
-  looks = _series_looks(series)
+  looks = _series_looks(series, variant_lines=True)
   fig, axes = plotting.figure(2 * len(panels), f"{title}\ninput-output Jacobian's singular "
                               f"values at initialisation (mean over {_seeds_text(seeds)}) against "
                               "realised density", columns=2)
