@@ -197,6 +197,35 @@ def _mount_tmpfs(path: Path, size: str) -> bool:
   return done.returncode == 0
 
 
+def test_a_read_only_file_system_is_one_line_for_train_and_report(tmp_path):
+  """A real read-only mount (not a simulated error): a report that cannot
+  write its results and a run that cannot make its directory end in one line
+  naming the path, exit code 2."""
+  disk = tmp_path / "disk"
+  if not _mount_tmpfs(disk, "8m"):
+    pytest.skip("needs root to mount a small file system")
+  try:
+    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO))
+    run = subprocess.run([sys.executable, "-m", "eoi_jax", "train", *SMALL, "--epochs", "1",
+                          "--quiet", "true", "--checkpoint", "false", "--run-dir",
+                          str(disk / "runs" / "a")], env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    remount = subprocess.run(["mount", "-o", "remount,ro", str(disk)], capture_output=True)
+    if remount.returncode != 0:
+      pytest.skip("cannot remount the file system read-only here")
+    for argv, path in ((["report", str(disk / "runs"), "--no-figures"], disk / "runs"),
+                       (["train", *SMALL, "--run-dir", str(disk / "runs" / "b")],
+                        disk / "runs" / "b")):
+      done = subprocess.run([sys.executable, "-m", "eoi_jax", *argv], env=env,
+                            capture_output=True, text=True, timeout=300)
+      assert done.returncode == 2, done.stderr[-3000:]
+      line = _one_error_line(done.stderr)
+      assert str(path) in line and "Read-only file system" in line, line
+  finally:
+    subprocess.run(["umount", str(disk)], capture_output=True)
+
+
 def test_a_full_disk_while_checkpointing_is_one_line_and_orbax_logs_stay_in_the_log(tmp_path):
   disk = tmp_path / "disk"
   if not _mount_tmpfs(disk, "120k"):
