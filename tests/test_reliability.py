@@ -234,6 +234,10 @@ def test_sigkill_mid_epoch_then_resume_is_bit_for_bit(tmp_path, digits_dir, refe
   code, _, err = _train(run_dir, data_dir=digits_dir)
   assert code == 0, err[-2000:]
   _assert_equal_to_reference(run_dir, reference)
+  # The wall time counts both legs: the first leg's epoch 0 and the second's.
+  lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+  assert lines[0]["run_time_s"] > 0
+  assert _summary(run_dir)["wall_time_s"] == pytest.approx(sum(r["run_time_s"] for r in lines))
 
 
 def test_sigkill_during_checkpoint_write_then_resume(tmp_path, digits_dir, reference):
