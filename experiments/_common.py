@@ -125,7 +125,7 @@ def configs(experiment: Experiment, args) -> tuple:
 
 
 def record_name(experiment: Experiment, args) -> str:
-  """``<name>[-dataset][-quick][-epochsN][-seedsN][-limitN][-epochsN][-seedsN][-limitN]``: the runs' and
+  """``<name>[-dataset][-quick][-epochsN][-seedsN][-limitN]``: the runs' and
   the record's folder name. Each departure from the protocol (or from
   ``--quick``) that the command line asks for is in the name, so that a
   shortened grid is never recorded as the protocol's."""

@@ -10,9 +10,11 @@ model (:func:`eoi_jax.layers.model_layout`); nothing is declared by hand.
 
 Writes ``summary.json`` (test accuracy, realised density, and the largest
 absolute value of any pruned entry after training: exactly 0),
-``sparsity.txt`` and ``PROVENANCE.md`` to ``runs/experiments/vit_digits/``
-(the run itself in its ``run/`` folder); ``--record`` copies them to
-``experiments/results/vit_digits/``. ``--check`` plans the run's
+``sparsity.txt`` and ``PROVENANCE.md`` to ``runs/experiments/NAME/`` (the run
+itself in its ``run/`` folder); ``--record`` copies them to
+``experiments/results/NAME/``. NAME is ``vit_digits``, then ``-DATASET``,
+``-epochsN``, ``-seedN`` and ``-densityD`` for each option that departs from
+its default, so a changed run is never recorded as the default one. ``--check`` plans the run's
 initialisation (no data, no training) and says whether it can be built.
 
 Usage: python -m experiments.vit_digits [--epochs N] [--seed N] [--dataset synthetic]
@@ -32,21 +34,37 @@ import numpy as np
 from experiments import _common
 
 
+DEFAULTS = {"dataset": "digits", "epochs": 15, "seed": 0, "density": 0.25}
+
+
+def record_name(args) -> str:
+  """``vit_digits`` with each option that departs from :data:`DEFAULTS` named:
+  ``vit_digits[-DATASET][-epochsN][-seedN][-densityD]``."""
+  name = "vit_digits" + ("" if args.dataset == DEFAULTS["dataset"] else f"-{args.dataset}")
+  for option in ("epochs", "seed", "density"):
+    if getattr(args, option) != DEFAULTS[option]:
+      name += f"-{option}{getattr(args, option)}"
+  return name
+
+
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(prog="python -m experiments.vit_digits",
                                    description=__doc__.split("\n")[0])
-  parser.add_argument("--epochs", type=int, default=15)
-  parser.add_argument("--seed", type=int, default=0)
-  parser.add_argument("--density", type=float, default=0.25)
-  parser.add_argument("--dataset", default="digits",
+  parser.add_argument("--epochs", type=int, default=DEFAULTS["epochs"])
+  parser.add_argument("--seed", type=int, default=DEFAULTS["seed"])
+  parser.add_argument("--density", type=float, default=DEFAULTS["density"])
+  parser.add_argument("--dataset", default=DEFAULTS["dataset"],
                       help="digits (default; `eoi-jax data fetch digits`) or synthetic")
-  parser.add_argument("--runs-dir", default="runs/experiments/vit_digits",
-                      help="the experiment's folder: the run in RUNS_DIR/run, results beside it")
+  parser.add_argument("--runs-dir",
+                      help="the experiment's folder: the run in RUNS_DIR/run, results beside it "
+                      "(default runs/experiments/NAME)")
   parser.add_argument("--results-dir", help="where the results go (default: RUNS_DIR)")
   parser.add_argument("--check", action="store_true",
                       help="plan the run's initialisation (no data, no training) and stop")
   _common.add_record_argument(parser)
   args = parser.parse_args(argv)
+  name = record_name(args)
+  args.runs_dir = args.runs_dir or f"runs/experiments/{name}"
   from eoi_jax.training import plan
   from eoi_jax.training.config import make_config
 
@@ -79,7 +97,7 @@ def main(argv=None) -> int:
                                                            else argv))
   print("\n".join(f"{key}: {value}" for key, value in summary.items()))
   if args.record:
-    print(f"record: {_common.record(out, 'vit_digits')}")
+    print(f"record: {_common.record(out, name)}")
   return 0
 
 

@@ -1,6 +1,7 @@
 """The experiments: every --quick grid expands and its first run starts, every
 full grid passes --check, and results reach experiments/results only with --record."""
 
+import argparse
 import dataclasses
 import importlib
 import json
@@ -103,6 +104,11 @@ def test_vit_digits_learns_and_keeps_pruned_entries_zero(tmp_path):
   assert summary["largest_pruned_entry_after_training"] == 0.0
   assert abs(summary["density"] - 0.25) < 0.01
   assert summary["test_accuracy"] > 0.6  # chance: 0.1
+  # Its folder and record are named by what departs from the defaults.
+  args = argparse.Namespace(dataset="synthetic", epochs=5, seed=0, density=0.25)
+  assert vit_digits.record_name(args) == "vit_digits-synthetic-epochs5"
+  args = argparse.Namespace(**vit_digits.DEFAULTS)
+  assert vit_digits.record_name(args) == "vit_digits"
 
 
 def test_dataset_option_changes_the_data_the_directories_and_the_table(tmp_path):
