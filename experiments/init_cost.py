@@ -271,19 +271,42 @@ def _measured_on(out: Path) -> str:
   return "a device"
 
 
+def record_name(args) -> str:
+  """``init_cost[-quick]``, then ``-sizes64,128``, ``-densities0.25,0.5``,
+  ``-aisteps100``, ``-keys8`` for each option given: a changed run is never
+  recorded as the full or the quick one."""
+  name = "init_cost" + ("-quick" if args.quick else "")
+  for option, label in (("sizes", "sizes"), ("densities", "densities"),
+                        ("ai_steps", "aisteps"), ("keys", "keys")):
+    value = getattr(args, option)
+    if value is not None:
+      name += f"-{label}" + (",".join(map(str, value)) if isinstance(value, list) else str(value))
+  return name
+
+
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(prog="python -m experiments.init_cost",
                                    description=__doc__.split("\n")[0])
-  parser.add_argument("--quick", action="store_true")
-  parser.add_argument("--sizes", type=int, nargs="+")
-  parser.add_argument("--densities", type=float, nargs="+", default=list(DENSITIES))
-  parser.add_argument("--ai-steps", type=int)
-  parser.add_argument("--keys", type=int, default=32)
-  parser.add_argument("--results-dir")
+  parser.add_argument("--quick", action="store_true",
+                      help="sizes 64, 128, 256 and AI with 100 steps (the full run: sizes 64 "
+                      "to 2048, AI with 1000 steps)")
+  parser.add_argument("--sizes", type=int, nargs="+", help="matrix sizes n (n x n) to time")
+  parser.add_argument("--densities", type=float, nargs="+",
+                      help=f"densities to time (default {' '.join(map(str, DENSITIES))})")
+  parser.add_argument("--ai-steps", type=int,
+                      help="optimisation steps of approximate isometry (default 1000; 100 "
+                      "with --quick)")
+  parser.add_argument("--keys", type=int,
+                      help="keys averaged for the simulated density law (default 32)")
+  parser.add_argument("--results-dir", help="where the tables and figures go (default "
+                      "runs/experiments/NAME: init_cost[-quick], then each option given)")
   parser.add_argument("--check", action="store_true",
                       help="check the arguments, say where SAO is timed, and stop")
   _common.add_record_argument(parser)
   args = parser.parse_args(argv)
+  name = record_name(args)
+  args.densities = args.densities or list(DENSITIES)
+  args.keys = args.keys or 32
   sizes = args.sizes or ([64, 128, 256] if args.quick else [64, 128, 256, 512, 1024, 2048])
   ai_steps = args.ai_steps or (100 if args.quick else 1000)
   if min(sizes) < 2 or ai_steps < 1 or args.keys < 1 or not all(
@@ -291,7 +314,6 @@ def main(argv=None) -> int:
     print("init_cost: error: sizes must be >= 2, densities in (0, 1], --ai-steps and --keys "
           ">= 1", file=sys.stderr)
     return 2
-  name = "init_cost-quick" if args.quick else "init_cost"
   if args.check:
     points = [(n, d) for n in sizes for d in args.densities]
     with_sao = [p for p in points if _sao_degree(*p) is not None]

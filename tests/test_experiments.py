@@ -75,7 +75,7 @@ def test_provenance_names_command_device_version_date_commit(tmp_path):
     assert part in text
 
 
-def test_init_cost_writes_its_tables_and_figures(tmp_path):
+def test_init_cost_writes_its_tables_and_figures(tmp_path, capsys):
   from experiments import init_cost
 
   assert init_cost.main(["--sizes", "16", "--densities", "0.25", "0.5", "--ai-steps", "2",
@@ -91,6 +91,17 @@ def test_init_cost_writes_its_tables_and_figures(tmp_path):
     assert abs(float(row[1]) - float(row[2])) < 0.15
   for name in ("PROVENANCE.md", "timing.png", "density_law.png"):
     assert (tmp_path / name).exists()
+  out = capsys.readouterr().out
+  assert "| n | density |" in out and "|---|" in out  # a table, not Python dicts
+  assert "{" not in out
+  # Its folder and record are named by the options given.
+  def args(**given):
+    return argparse.Namespace(**{"quick": False, "sizes": None, "densities": None,
+                                 "ai_steps": None, "keys": None, **given})
+
+  assert init_cost.record_name(args()) == "init_cost"
+  assert init_cost.record_name(args(quick=True)) == "init_cost-quick"
+  assert init_cost.record_name(args(sizes=[16, 32], keys=2)) == "init_cost-sizes16,32-keys2"
 
 
 def test_vit_digits_learns_and_keeps_pruned_entries_zero(tmp_path):
