@@ -311,6 +311,7 @@ def test_ctrl_c_and_sigterm_stop_with_one_line_and_the_same_command_resumes(tmp_
   code, err = _train_until(argv, tmp_path, "epoch 2/400", signal.SIGINT)
   last = err.strip().splitlines()[-1]
   assert code == 130, err[-3000:]
+  assert "run: epoch 1/400 train_loss " in err  # epoch lines name the run
   assert last.startswith("eoi-jax: interrupted at epoch ") and "rerun the same command" in last
   assert "checkpoint after epoch" in last and "run/checkpoints" in last
   assert "Traceback" not in err and "absl" not in err
@@ -332,6 +333,7 @@ def test_ctrl_c_and_sigterm_stop_a_sweep_with_one_line_and_the_same_command_resu
   last = err.strip().splitlines()[-1]
   assert code == 130, err[-3000:]
   assert last.startswith("eoi-jax: interrupted at epoch ") and "(2 runs under sweep/runs)" in last
+  assert "2 runs (means): epoch 1/400 train_loss " in err  # a group's lines say so
   assert "sweep/runs/*/checkpoints" in last and "rerun the same command" in last
   assert "Traceback" not in err and "absl" not in err and "Finalize" not in err
   code, err = _train_until(argv, tmp_path, "resuming 2 runs: ", signal.SIGTERM)
