@@ -70,19 +70,22 @@ def _timed(fn, repeats: int = 5) -> float:
 
 def matmul_timers() -> dict:
   """Zero-argument callables, each returning the FLOP/s of one timed run: the
-  step's matmul shape chained over the layers (in the three layouts a layer
-  can use: ``h k``, ``k^T h^T``, ``h k^T``; the fastest counts), and a large GEMM."""
+  step's matmul shape chained over the layers, in each layout a layer's
+  matmul can take (``h k`` on a ``(batch, w)`` carry, ``k^T h^T`` on a
+  ``(w, batch)`` carry as the trainer's forward pass runs, ``h k^T``; the
+  fastest counts), and a large GEMM."""
   kernels = jax.random.normal(jax.random.key(0), (HIDDEN, WIDTH, WIDTH)) / np.sqrt(WIDTH)
   x = jax.random.normal(jax.random.key(1), (BATCH, WIDTH))
-  layouts = [lambda h, k: h @ k, lambda h, k: k.T @ h.T, lambda h, k: h @ k.T]
-  chains = [jax.jit(lambda x, ks, f=f: jax.lax.scan(lambda h, k: (f(h, k), None), x, ks)[0])
-            for f in layouts]
+  layouts = [(lambda h, k: h @ k, x), (lambda h_t, k: k.T @ h_t, x.T),
+             (lambda h, k: h @ k.T, x)]
+  chains = [(jax.jit(lambda x, ks, f=f: jax.lax.scan(lambda h, k: (f(h, k), None), x, ks)[0]),
+             start) for f, start in layouts]
   big = jax.random.normal(jax.random.key(2), (2048, 2048))
   gemm = jax.jit(lambda a: a @ a)
   chain_flops = 2 * BATCH * WIDTH * WIDTH * HIDDEN
   return {"chained 128x128 @ 128x128":
-          lambda: max(chain_flops / _timed(lambda c=c: c(x, kernels), repeats=2)
-                      for c in chains),
+          lambda: max(chain_flops / _timed(lambda c=c, s=s: c(s, kernels), repeats=2)
+                      for c, s in chains),
           "2048^3 GEMM": lambda: 2 * 2048 ** 3 / _timed(lambda: gemm(big), repeats=2)}
 
 

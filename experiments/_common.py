@@ -174,6 +174,10 @@ def record(results_dir, name: str, sweep_dir=None) -> Path:
   return destination
 
 
+def _runs(count: int) -> str:
+  return f"{count} run" + ("" if count == 1 else "s")
+
+
 def _dropped_lines(dropped, built_otherwise=()) -> list[str]:
   from eoi_jax.training import plan
 
@@ -181,15 +185,15 @@ def _dropped_lines(dropped, built_otherwise=()) -> list[str]:
   if dropped:
     counts = collections.Counter(plan.first_sentence(d["reason"]) for d in dropped)
     lines += (["", "## Runs dropped before training", "",
-               f"{len(dropped)} runs of the grid cannot be built and were not trained "
+               f"{_runs(len(dropped))} of the grid cannot be built and were not trained "
                "(`sweep.json` names each run and its whole reason):", ""]
-              + [f"- {n} runs: {reason}" for reason, n in counts.items()])
+              + [f"- {_runs(n)}: {reason}" for reason, n in counts.items()])
   if built_otherwise:
     counts = collections.Counter(note["note"] for note in built_otherwise)
     lines += (["", "## Runs built otherwise than asked", "",
-               f"{len({note['run'] for note in built_otherwise})} runs were trained as built "
+               f"{_runs(len({note['run'] for note in built_otherwise}))} trained as built "
                "(the table shows their realised density; `sweep.json` names each run):", ""]
-              + [f"- {n} runs: {note}" for note, n in counts.items()])
+              + [f"- {_runs(n)}: {note}" for note, n in counts.items()])
   return lines
 
 

@@ -305,10 +305,10 @@ def main(argv=None) -> int:
   _common.add_record_argument(parser)
   args = parser.parse_args(argv)
   name = record_name(args)
-  args.densities = args.densities or list(DENSITIES)
-  args.keys = args.keys or 32
+  args.densities = list(DENSITIES) if args.densities is None else args.densities
+  args.keys = 32 if args.keys is None else args.keys
   sizes = args.sizes or ([64, 128, 256] if args.quick else [64, 128, 256, 512, 1024, 2048])
-  ai_steps = args.ai_steps or (100 if args.quick else 1000)
+  ai_steps = args.ai_steps if args.ai_steps is not None else (100 if args.quick else 1000)
   if min(sizes) < 2 or ai_steps < 1 or args.keys < 1 or not all(
       0 < d <= 1 for d in args.densities):
     print("init_cost: error: sizes must be >= 2, densities in (0, 1], --ai-steps and --keys "

@@ -238,12 +238,12 @@ def test_results_stay_beside_the_runs_unless_recorded(tmp_path, monkeypatch, cap
       "init=sao,density=0.3"]
   assert "degree 5" in sweep["dropped"][0]["reason"]
   provenance = (runs / "PROVENANCE.md").read_text()
-  assert "1 runs of the grid cannot be built" in provenance and "density 0.3" in provenance
+  assert "1 run of the grid cannot be built" in provenance and "density 0.3" in provenance
   assert "built otherwise than asked" not in provenance
   notes = [{"run": "init=eoi,density=0.01", "note": "layers ['a'] get EOI's sparsest pattern"}]
   _common.provenance(tmp_path, ["experiments.tiny"], [], notes)
   assert "## Runs built otherwise than asked" in (tmp_path / "PROVENANCE.md").read_text()
-  assert "- 1 runs: layers ['a'] get EOI's sparsest pattern" in (
+  assert "- 1 run: layers ['a'] get EOI's sparsest pattern" in (
       tmp_path / "PROVENANCE.md").read_text()
   capsys.readouterr()
   # The same command with --record: nothing trains again, the record is replaced.

@@ -358,7 +358,7 @@ def test_sweep_drops_runs_that_cannot_be_built_and_says_why(tmp_path, capsys):
   grid = {"init": ["sao"], "density": [0.25, 0.3]}
   results = sweep.run_sweep(base, grid, tmp_path / "sweep", figures=False,
                             results_dir=tmp_path / "results")
-  assert "1 runs dropped" in capsys.readouterr().err
+  assert "1 run dropped" in capsys.readouterr().err
   assert [r["density"] for r in csv.DictReader(results.open())] == ["0.25"]
   record = json.loads((tmp_path / "sweep" / "sweep.json").read_text())
   assert record["runs"] == 2 and record["dropped"][0]["run"] == "init=sao,density=0.3"
@@ -380,7 +380,7 @@ def test_a_sweep_records_the_runs_built_otherwise_than_asked(tmp_path, capsys):
   base = _config(tmp_path, "unused", width=16, epochs=1, checkpoint=False, limit=256)
   sweep.run_sweep(base, {"init": ["eoi"], "density": [0.03, 0.25]}, tmp_path / "sweep",
                   figures=False)
-  assert "1 runs are built otherwise than asked" in capsys.readouterr().err
+  assert "1 run is built otherwise than asked" in capsys.readouterr().err
   record = json.loads((tmp_path / "sweep" / "sweep.json").read_text())
   assert record["dropped"] == [] and [n["run"] for n in record["built_otherwise"]] == [
       "init=eoi,density=0.03"]

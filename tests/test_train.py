@@ -361,13 +361,26 @@ def test_dense_stack_explicit_backward_equals_autodiff(activation, depth):
 
   auto = jax.grad(loss)(params, graph)
   models.use_explicit_backward(model)
+  # tanh, ReLU and linear take the derivative from the output; the others store z.
+  from_output = model.hidden_layers.act in models._DERIVATIVE_OF_OUTPUT
+  assert from_output == (activation in ("tanh", "relu", "linear"))
   explicit_graph = nnx.split(model, nnx.Param, ...)[0]
   explicit = jax.jit(jax.grad(loss), static_argnums=1)(params, explicit_graph)
-  # The same products and sums, in another order: float32 rounding of sums
-  # over 16-wide rows, relative to each leaf's scale.
-  for a, b in zip(jax.tree.leaves(auto), jax.tree.leaves(explicit)):
-    np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-5,
-                               atol=1e-6 * float(jnp.max(jnp.abs(a))))
+  # Two runs' parameters vmapped (as sweeps train them): each run's gradient.
+  second = jax.tree.map(lambda p: 0.9 * p, params)
+  both = jax.tree.map(lambda a, b: jnp.stack([a, b]), params, second)
+  vmapped = jax.jit(jax.vmap(jax.grad(loss), in_axes=(0, None)), static_argnums=1)(
+      both, explicit_graph)
+  runs = [(auto, jax.tree.map(lambda v: v[0], vmapped)),
+          (jax.grad(loss)(second, graph), jax.tree.map(lambda v: v[1], vmapped))]
+  # The same products and sums, in another order (and batched under vmap):
+  # float32 rounding of 16-term sums, compounded over the layers a gradient
+  # passes through; at most depth x width x eps of each leaf's scale.
+  bound = depth * 16 * float(np.finfo(np.float32).eps)
+  for reference, got in [(auto, explicit), *runs]:
+    for a, b in zip(jax.tree.leaves(reference), jax.tree.leaves(got)):
+      np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-5,
+                                 atol=bound * float(jnp.max(jnp.abs(a))))
   # Autodiff of the scan (the default) keeps forward mode for GraSP's
   # Hessian-gradient products.
   assert model.hidden_layers.explicit_backward

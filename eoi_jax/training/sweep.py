@@ -219,12 +219,14 @@ def run_sweep(base: Config, grid: dict, sweep_dir, *, max_runs_per_step: int | N
                       interval=30.0)
   if not quiet:
     if checked.dropped:
-      progress.done(f"sweep {sweep_dir}: {len(checked.dropped)} runs dropped, they cannot be "
-                    "built (reasons in sweep.json)")
+      progress.done(f"sweep {sweep_dir}: {len(checked.dropped)} run"
+                    f"{'' if len(checked.dropped) == 1 else 's'} dropped, they cannot be built "
+                    "(reasons in sweep.json)")
     if checked.notes:
-      progress.done(f"sweep {sweep_dir}: {len({c.run_dir for c, _ in checked.notes})} runs are "
-                    "built otherwise than asked (denser than asked, or with empty layers; "
-                    "notes in sweep.json)")
+      count = len({c.run_dir for c, _ in checked.notes})
+      progress.done(f"sweep {sweep_dir}: {count} run{' is' if count == 1 else 's are'} built "
+                    "otherwise than asked (denser than asked, or with empty layers; notes in "
+                    "sweep.json)")
     progress.done(f"sweep {sweep_dir}: {len(configs)} runs, {len(configs) - len(todo)} done, "
                   f"{len(todo)} to train")
   done = len(configs) - len(todo)
