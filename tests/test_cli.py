@@ -1,6 +1,7 @@
 """The command line as a user meets it: help, run directories, reruns,
 interrupts, and OS errors and out-of-range numbers as one-line errors."""
 
+import contextlib
 import errno
 import io
 import json
@@ -188,28 +189,34 @@ def test_os_errors_while_training_are_one_line_naming_the_path(tmp_path, capsys,
   assert "Save Finalize thread failed" in log and "Traceback" in log
 
 
-def _mount_tmpfs(path: Path, size: str) -> bool:
+@contextlib.contextmanager
+def _tmpfs(path: Path, size: str):
+  """A real file system of ``size`` mounted at ``path`` for the block (the
+  test skips where it cannot be mounted: root and ``mount`` are needed)."""
   path.mkdir()
-  if shutil.which("mount") is None or os.geteuid() != 0:
-    return False
-  done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
-                        capture_output=True)
-  return done.returncode == 0
+  if shutil.which("mount") is None or os.geteuid() != 0 or subprocess.run(
+      ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+      capture_output=True).returncode != 0:
+    pytest.skip("needs root to mount a small file system")
+  try:
+    yield path
+  finally:
+    subprocess.run(["umount", str(path)], capture_output=True)
+
+
+def _eoi_jax(*argv) -> subprocess.CompletedProcess:
+  env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO))
+  return subprocess.run([sys.executable, "-m", "eoi_jax", *argv], env=env, capture_output=True,
+                        text=True, timeout=300)
 
 
 def test_a_read_only_file_system_is_one_line_for_train_and_report(tmp_path):
   """A real read-only mount (not a simulated error): a report that cannot
   write its results and a run that cannot make its directory end in one line
   naming the path, exit code 2."""
-  disk = tmp_path / "disk"
-  if not _mount_tmpfs(disk, "8m"):
-    pytest.skip("needs root to mount a small file system")
-  try:
-    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO))
-    run = subprocess.run([sys.executable, "-m", "eoi_jax", "train", *SMALL, "--epochs", "1",
-                          "--quiet", "true", "--checkpoint", "false", "--run-dir",
-                          str(disk / "runs" / "a")], env=env, capture_output=True, text=True,
-                         timeout=300)
+  with _tmpfs(tmp_path / "disk", "8m") as disk:
+    run = _eoi_jax("train", *SMALL, "--epochs", "1", "--quiet", "true", "--checkpoint", "false",
+                   "--run-dir", str(disk / "runs" / "a"))
     assert run.returncode == 0, run.stderr[-3000:]
     remount = subprocess.run(["mount", "-o", "remount,ro", str(disk)], capture_output=True)
     if remount.returncode != 0:
@@ -217,30 +224,20 @@ def test_a_read_only_file_system_is_one_line_for_train_and_report(tmp_path):
     for argv, path in ((["report", str(disk / "runs"), "--no-figures"], disk / "runs"),
                        (["train", *SMALL, "--run-dir", str(disk / "runs" / "b")],
                         disk / "runs" / "b")):
-      done = subprocess.run([sys.executable, "-m", "eoi_jax", *argv], env=env,
-                            capture_output=True, text=True, timeout=300)
+      done = _eoi_jax(*argv)
       assert done.returncode == 2, done.stderr[-3000:]
       line = _one_error_line(done.stderr)
       assert str(path) in line and "Read-only file system" in line, line
-  finally:
-    subprocess.run(["umount", str(disk)], capture_output=True)
 
 
 def test_a_full_disk_while_checkpointing_is_one_line_and_orbax_logs_stay_in_the_log(tmp_path):
-  disk = tmp_path / "disk"
-  if not _mount_tmpfs(disk, "120k"):
-    pytest.skip("needs root to mount a small file system")
-  try:
-    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO))
-    done = subprocess.run([sys.executable, "-m", "eoi_jax", "train", *SMALL, "--epochs", "1",
-                           "--width", "256", "--quiet", "true", "--run-dir", str(disk / "run")],
-                          env=env, capture_output=True, text=True, timeout=300)
+  with _tmpfs(tmp_path / "disk", "120k") as disk:
+    done = _eoi_jax("train", *SMALL, "--epochs", "1", "--width", "256", "--quiet", "true",
+                    "--run-dir", str(disk / "run"))
     assert done.returncode == 2, done.stderr[-3000:]
     line = _one_error_line(done.stderr)
     # The file that did not fit, or the run directory when the error names none.
     assert f"{disk / 'run'}" in line and ": No space left on device; free some space" in line
-  finally:
-    subprocess.run(["umount", str(disk)], capture_output=True)
 
 
 # ----------------------------------------------------------------------------
