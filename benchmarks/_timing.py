@@ -7,6 +7,18 @@ import time
 import jax
 import numpy as np
 
+from eoi_jax.training import host_memory
+
+
+def host_memory_as_the_trainer() -> str:
+  """Sets host memory as the ``eoi-jax`` command does
+  (:func:`eoi_jax.training.host_memory.keep_freed_memory`; call it before JAX
+  starts) and returns a line saying what is in effect, for the output."""
+  if host_memory.keep_freed_memory():
+    return "host memory: freed memory kept for reuse, as the eoi-jax command runs"
+  return ("host memory: the system's malloc settings (EOI_JAX_KEEP_FREED_MEMORY=0, your own "
+          "MALLOC_* settings, not glibc, or JAX already started)")
+
 
 def compile_timed(fn, *args):
   """Jits and compiles ``fn`` for ``args``: ``(compiled, compile_seconds)``,

@@ -40,10 +40,10 @@ from eoi_jax.training.config import make_config
 
 try:
   from benchmarks import torch_step
-  from benchmarks._timing import markdown_table
+  from benchmarks._timing import host_memory_as_the_trainer, markdown_table
 except ImportError:
   import torch_step
-  from _timing import markdown_table
+  from _timing import host_memory_as_the_trainer, markdown_table
 
 BATCH, WIDTH, HIDDEN, INPUTS, CLASSES = 128, 128, 998, 784, 10
 
@@ -104,9 +104,10 @@ def main(argv=None) -> int:
   parser.add_argument("--blocks", type=int, default=5, help="alternating blocks per variant")
   parser.add_argument("--steps", type=int, default=4, help="steps per block")
   args = parser.parse_args(argv)
+  memory = host_memory_as_the_trainer()
   config = make_config("mnist_mlp_1000", batch_size=BATCH, quiet=True, checkpoint=False,
                        devices=1, run_dir="unused")
-  print(f"platform: {jax.devices()[0].platform}, JAX {jax.__version__}", flush=True)
+  print(f"platform: {jax.devices()[0].platform}, JAX {jax.__version__}; {memory}", flush=True)
   timers = matmul_timers()
   variants = {"ours": torch_step._jax_stepper(config), "autodiff": _autodiff(config)}
   try:

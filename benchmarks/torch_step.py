@@ -32,9 +32,9 @@ from eoi_jax.training import data, train
 from eoi_jax.training.config import make_config
 
 try:
-  from benchmarks._timing import markdown_table
+  from benchmarks._timing import host_memory_as_the_trainer, markdown_table
 except ImportError:
-  from _timing import markdown_table
+  from _timing import host_memory_as_the_trainer, markdown_table
 
 CASES = {
     # name: (label, config preset, steps per block relative to --steps)
@@ -135,13 +135,14 @@ def main(argv=None):
   parser.add_argument("--steps", type=int, default=40,
                       help="steps per block (a tenth of it for the 1000-layer MLP)")
   args = parser.parse_args(argv)
+  memory = host_memory_as_the_trainer()
   try:
     import torch
   except ImportError:
     print("torch is not installed: nothing to compare against (pip install torch)")
     return 0
   print(f"platform: {jax.devices()[0].platform}; JAX {jax.__version__}, "
-        f"PyTorch {torch.__version__} ({torch.get_num_threads()} threads)", flush=True)
+        f"PyTorch {torch.__version__} ({torch.get_num_threads()} threads); {memory}", flush=True)
   rows = []
   for key in args.models:
     rows.append(time_case(key, args.blocks, args.steps, torch))

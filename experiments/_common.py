@@ -243,8 +243,9 @@ def main(experiment: Experiment, argv=None) -> int:
   if args.dry_run:
     print(f"{experiment.name}: {len(all_configs)} runs of {base.epochs} epochs in {runs_dir}")
     return 0
-  from eoi_jax.training import compilation_cache, sweep
+  from eoi_jax.training import compilation_cache, host_memory, sweep
 
+  host_memory.keep_freed_memory()
   compilation_cache.enable()
   try:
     results = sweep.run_sweep(base, grids, runs_dir,

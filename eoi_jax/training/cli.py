@@ -200,11 +200,12 @@ def build_parser(argv=()) -> argparse.ArgumentParser:
 
 
 def _setup_jax(args):
-  """Device, process and cache setup; must run before JAX starts a backend."""
+  """Device, process, host memory and cache setup; must run before JAX starts a backend."""
   import jax
 
-  from eoi_jax.training import compilation_cache
+  from eoi_jax.training import compilation_cache, host_memory
 
+  host_memory.keep_freed_memory()
   compilation_cache.enable()
   wanted = args.local_devices
   if wanted is None and args.devices is not None and int(args.devices) > 1:

@@ -106,8 +106,9 @@ def dense_stack(act, kernels, biases, x):
   XLA:CPU). For tanh, ReLU and the identity nothing else is stored: their
   derivative is read from their output, the next layer's stored input; other
   activations also store ``z^T``. On the 2-core CPU the 1000-layer MLP's
-  training step takes about 0.7 x the time of autodiff of the scan, about
-  1.5 x its matmuls' FLOP limit (``benchmarks/deep_mlp_step.py``).
+  training step takes about 0.75 x the time of autodiff of the scan, 1.3-1.4 x
+  its matmuls' FLOP limit with host memory kept for reuse as the command line
+  runs (``benchmarks/deep_mlp_step.py``).
   """
   return _scan_dense(act, kernels, biases, x)
 
