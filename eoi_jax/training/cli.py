@@ -280,12 +280,12 @@ def _overrides(args) -> dict:
 
 def _run_sweep(args, argv) -> int:
   from eoi_jax.training import sweep
-  from eoi_jax.training.config import make_config
+  from eoi_jax.training.config import TRUE_WORDS, make_config
 
   _log_to(Path(args.sweep_dir) / LOG_NAME)
   preset, file_overrides, grid = sweep.load_grid_file(args.grid)
   overrides = {**file_overrides, **_overrides(args)}
-  quiet = str(overrides.pop("quiet", "false")).lower() in ("1", "true", "yes", "on")
+  quiet = str(overrides.pop("quiet", "false")).lower() in TRUE_WORDS
   base = make_config(args.config or preset or DEFAULT_CONFIG, **overrides)
   sweep.expand(base, grid, args.sweep_dir)  # a bad grid fails before JAX starts
   if (Path(args.sweep_dir) / "sweep.json").exists() and not quiet and not args.process_id:

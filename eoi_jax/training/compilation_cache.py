@@ -14,6 +14,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from eoi_jax.training import config
+
 
 def default_dir() -> Path:
   """``$JAX_COMPILATION_CACHE_DIR``, else ``$XDG_CACHE_HOME/eoi-jax/jax-cache``."""
@@ -35,8 +37,7 @@ def enable(path=None) -> Path | None:
   Returns:
     The folder in use, or ``None`` when turned off.
   """
-  if os.environ.get("EOI_JAX_COMPILATION_CACHE", "1").strip().lower() in ("0", "false", "no",
-                                                                           "off"):
+  if config.turned_off("EOI_JAX_COMPILATION_CACHE"):
     return None
   import jax
 

@@ -14,6 +14,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import os
 import typing
 from pathlib import Path
 from typing import Optional, Union
@@ -93,6 +94,16 @@ PRESETS = {
 }
 
 
+TRUE_WORDS = ("1", "true", "yes", "on")
+FALSE_WORDS = ("0", "false", "no", "off")
+"""How a yes / no is written on the command line and in environment variables."""
+
+
+def turned_off(variable: str) -> bool:
+  """Whether the environment variable ``variable`` is set to one of :data:`FALSE_WORDS`."""
+  return os.environ.get(variable, "").strip().lower() in FALSE_WORDS
+
+
 def _convert(field: dataclasses.Field, text):
   """Parses a command-line string for ``field``."""
   if not isinstance(text, str):
@@ -103,9 +114,9 @@ def _convert(field: dataclasses.Field, text):
   args = [a for a in typing.get_args(kind) if a is not type(None)] or [kind]
   for arg in args:
     if arg is bool:
-      if text.lower() in ("1", "true", "yes", "on"):
+      if text.lower() in TRUE_WORDS:
         return True
-      if text.lower() in ("0", "false", "no", "off"):
+      if text.lower() in FALSE_WORDS:
         return False
       continue
     try:

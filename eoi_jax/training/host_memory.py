@@ -20,7 +20,8 @@ thing, in a CPU training script of your own.
 
 Set ``EOI_JAX_KEEP_FREED_MEMORY=0`` to turn it off. It also does nothing when
 you set ``malloc`` yourself (``MALLOC_ARENA_MAX``, ``MALLOC_MMAP_MAX_``,
-``MALLOC_TRIM_THRESHOLD_`` or ``GLIBC_TUNABLES``), off Linux or off glibc.
+``MALLOC_MMAP_THRESHOLD_``, ``MALLOC_TRIM_THRESHOLD_`` or ``GLIBC_TUNABLES``),
+off Linux or off glibc.
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ import ctypes
 import ctypes.util
 import os
 import platform
+
+from eoi_jax.training import config
 
 # glibc's mallopt parameters (malloc.h).
 _M_TRIM_THRESHOLD = -1
@@ -66,8 +69,7 @@ def keep_freed_memory() -> bool:
     >>> host_memory.keep_freed_memory()  # doctest: +SKIP
     True
   """
-  if os.environ.get("EOI_JAX_KEEP_FREED_MEMORY", "1").strip().lower() in ("0", "false", "no",
-                                                                          "off"):
+  if config.turned_off("EOI_JAX_KEEP_FREED_MEMORY"):
     return False
   if any(name in os.environ for name in _USER_SETTINGS):
     return False
